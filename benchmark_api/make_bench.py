@@ -1,0 +1,102 @@
+"""`make bench`: engine speed of the shipped model, printed as tables with ratios.
+
+Sections: per-token decode latency against context (recurrent vs recompute), decode
+throughput against batch size, and prefill speed. Figures are medians of the decode steps of
+one run; every ratio compares numbers measured side by side in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from benchmark_api.engine_bench import measure_decode
+from core.engine import load_model
+
+console = Console()
+
+
+def decode_vs_context(lm, contexts: list[int], recompute_max: int, new_tokens: int) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title=f"Per-token decode latency vs context ({lm.name}, batch 1)")
+    for column in ("context", "recurrent ms/token", "recompute ms/token", "recompute / recurrent"):
+        table.add_column(column, justify="right")
+    base = None
+    rows = []
+    for context in contexts:
+        rec = measure_decode(lm.model, batch_size=1, context=context, new_tokens=new_tokens)
+        base = base or rec.tpot_ms
+        slow = None
+        if context <= recompute_max:
+            slow = measure_decode(
+                lm.model, batch_size=1, context=context, new_tokens=3, mode="recompute"
+            )
+        rows.append((context, rec.tpot_ms, slow.tpot_ms if slow else None))
+        table.add_row(
+            str(context),
+            f"{rec.tpot_ms:.3f}",
+            f"{slow.tpot_ms:.1f}" if slow else "-",
+            f"{slow.tpot_ms / rec.tpot_ms:,.0f}x" if slow else "-",
+        )
+    console.print(table)
+    first, last = rows[0], rows[-1]
+    console.print(
+        f"recurrent decode at context {last[0]} is {last[1] / first[1]:.2f}x the per-token "
+        f"time at context {first[0]}"
+    )
+
+
+def decode_vs_batch(lm, batches: list[int], context: int, new_tokens: int) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title=f"Decode throughput vs batch size (context {context}, recurrent)")
+    for column in ("batch", "ms/step", "tokens/s", "vs batch 1"):
+        table.add_column(column, justify="right")
+    single = None
+    for batch in batches:
+        m = measure_decode(lm.model, batch_size=batch, context=context, new_tokens=new_tokens)
+        single = single or m.decode_tokens_per_s
+        table.add_row(
+            str(batch),
+            f"{m.tpot_ms:.2f}",
+            f"{m.decode_tokens_per_s:,.0f}",
+            f"{m.decode_tokens_per_s / single:.2f}x",
+        )
+    console.print(table)
+
+
+def prefill_speed(lm, lengths: list[int]) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title="Prefill speed (batch 1, chunks of 256)")
+    for column in ("prompt bytes", "prefill ms", "tokens/s"):
+        table.add_column(column, justify="right")
+    for length in lengths:
+        m = measure_decode(lm.model, batch_size=1, context=length, new_tokens=1)
+        table.add_row(str(length), f"{m.ttft_ms:.1f}", f"{m.prefill_tokens_per_s:,.0f}")
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="bdh-shakespeare")
+    parser.add_argument("--quick", action="store_true", help="smaller sweep")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model)
+    c = lm.config
+    console.print(
+        f"[bold]{lm.name}[/bold]: {c.parameter_count():,} parameters, state "
+        f"{c.state_numel() * 4 / 2**20:.1f} MB/sequence, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {lm.device}"
+    )
+    contexts = [64, 256, 1024] if args.quick else [64, 256, 1024, 4096]
+    decode_vs_context(lm, contexts, recompute_max=1024, new_tokens=32)
+    decode_vs_batch(lm, [1, 4, 16], context=256, new_tokens=32)
+    prefill_speed(lm, [256, 1024] if args.quick else [256, 1024, 4096])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The BDH model: the official parallel computation plus an exact recurrent form.
+
+The parallel form (`BDH.forward`) computes what pathwaycom/bdh computes, parameter for
+parameter. The recurrent form keeps, per layer and head, the linear-attention state
+S = sum_{s<t} q_s^T x_s (N x D, float32), so that a new token costs the same whatever the
+context: `prefill` consumes a prompt in chunks, `decode_step` advances a batch of sequences,
+each at its own position, by one token.
+
+State layout: one float32 tensor (n_layer, B, nh, N, D). Slicing a pool of such tensors along
+B gives views that `prefill` and `decode_step` update in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN_EPS = 1e-5
+ROPE_THETA = 2.0**16
+
+
+@dataclasses.dataclass
+class BDHConfig:
+    n_layer: int = 6
+    n_embd: int = 256
+    dropout: float = 0.1
+    n_head: int = 4
+    mlp_internal_dim_multiplier: int = 128
+    vocab_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_embd", "n_head", "mlp_internal_dim_multiplier", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"BDHConfig.{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"BDHConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if (self.mlp_internal_dim_multiplier * self.n_embd) % self.n_head:
+            raise ValueError("mlp_internal_dim_multiplier * n_embd must be divisible by n_head")
+        if self.neurons_per_head % 2:
+            raise ValueError("neurons per head (N) must be even for RoPE pairs")
+
+    @property
+    def neurons_per_head(self) -> int:
+        """N: neurons per head."""
+        return self.mlp_internal_dim_multiplier * self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BDHConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+    def parameter_count(self) -> int:
+        nh, D, N, V = self.n_head, self.n_embd, self.neurons_per_head, self.vocab_size
+        return V * D + 3 * nh * D * N + D * V
+
+    def state_numel(self) -> int:
+        """Floats of recurrent state per sequence."""
+        return self.n_layer * self.n_head * self.neurons_per_head * self.n_embd
+
+
+def rope_frequencies(n: int) -> torch.Tensor:
+    """f_j = 1 / theta^(2*floor(j/2)/n) / (2*pi), in float32, as the official code builds them."""
+    j = torch.arange(0, n, 1, dtype=torch.float32)
+    quantized = (j / 2).floor() * 2
+    return 1.0 / (ROPE_THETA ** (quantized / n)) / (2 * math.pi)
+
+
+def rope(phases: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Rotate neuron pairs of v by 2*pi*frac(phases); v_rot interleaves (-v[2i+1], v[2i])."""
+    v_rot = torch.stack((-v[..., 1::2], v[..., ::2]), dim=-1).view(*v.size())
+    angles = (phases % 1) * (2 * math.pi)
+    return (v * torch.cos(angles)).to(v.dtype) + (v_rot * torch.sin(angles)).to(v.dtype)
+
+
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, (x.size(-1),), eps=LN_EPS)
+
+
+class BDH(nn.Module):
+    """Baby Dragon Hatchling. Parameter names are the official checkpoint keys."""
+
+    def __init__(self, config: BDHConfig) -> None:
+        super().__init__()
+        self.config = config
+        nh, D, N, V = config.n_head, config.n_embd, config.neurons_per_head, config.vocab_size
+        self.decoder = nn.Parameter(torch.zeros((nh * N, D)).normal_(std=0.02))
+        self.encoder = nn.Parameter(torch.zeros((nh, D, N)).normal_(std=0.02))
+        self.embed = nn.Embedding(V, D)
+        nn.init.normal_(self.embed.weight, mean=0.0, std=0.02)
+        self.encoder_v = nn.Parameter(torch.zeros((nh, D, N)).normal_(std=0.02))
+        self.lm_head = nn.Parameter(torch.zeros((D, V)).normal_(std=0.02))
+        self.drop = nn.Dropout(config.dropout)
+        # Recomputed from the config, never stored in checkpoints.
+        self.freqs: torch.Tensor
+        self.register_buffer("freqs", rope_frequencies(N), persistent=False)
+
+    # ----------------------------------------------------------------------------------------
+    # Parallel form (training, reference, recompute baseline)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = idx.size()
+        C = self.config
+        D, nh, N = C.n_embd, C.n_head, C.neurons_per_head
+        positions = torch.arange(0, T, device=idx.device, dtype=torch.float32)
+        phases = positions.view(1, 1, T, 1) * self.freqs.view(1, 1, 1, N)  # (1, 1, T, N)
+
+        x = layer_norm(self.embed(idx).unsqueeze(1))  # (B, 1, T, D)
+        for _ in range(C.n_layer):
+            xs = F.relu(x @ self.encoder)  # (B, nh, T, N)
+            q = rope(phases, xs)  # (B, nh, T, N)
+            scores = (q @ q.mT).tril(diagonal=-1)  # (B, nh, T, T)
+            a = scores @ x  # (B, nh, T, D)
+            ys = F.relu(layer_norm(a) @ self.encoder_v)  # (B, nh, T, N)
+            xy = self.drop(xs * ys)  # (B, nh, T, N)
+            m = xy.transpose(1, 2).reshape(B, 1, T, nh * N) @ self.decoder  # (B, 1, T, D)
+            x = layer_norm(x + layer_norm(m))  # (B, 1, T, D)
+        logits = x.view(B, T, D) @ self.lm_head  # (B, T, V)
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    # ----------------------------------------------------------------------------------------
+    # Recurrent form (inference)
+
+    def new_state(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+        C = self.config
+        shape = (C.n_layer, batch_size, C.n_head, C.neurons_per_head, C.n_embd)
+        return torch.zeros(shape, dtype=torch.float32, device=device or self.lm_head.device)
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        idx: torch.Tensor,
+        state: torch.Tensor | None = None,
+        start_pos: int = 0,
+        chunk_size: int = 256,
+        all_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consume `idx` (B, T) at positions start_pos.. in chunks; return (logits, state).
+
+        `state` (n_layer, B, nh, N, D) is updated in place (a new one is made when None).
+        Logits are (B, T, V) with `all_logits`, else the last position's (B, V).
+        """
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        B, T = idx.size()
+        if state is None:
+            state = self.new_state(B, idx.device)
+        outputs = []
+        for begin in range(0, T, chunk_size):
+            chunk = idx[:, begin : begin + chunk_size]
+            logits = self.prefill_chunk(chunk, state, start_pos + begin)
+            outputs.append(logits if all_logits else logits[:, -1:])
+        logits = torch.cat(outputs, dim=1)
+        return (logits if all_logits else logits[:, -1]), state
+
+    @torch.no_grad()
+    def prefill_chunk(self, idx: torch.Tensor, state: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """One chunk (B, C) at positions start_pos..start_pos+C-1; returns logits (B, C, V)."""
+        B, T = idx.size()
+        C = self.config
+        D, nh, N = C.n_embd, C.n_head, C.neurons_per_head
+        positions = torch.arange(start_pos, start_pos + T, device=idx.device, dtype=torch.float32)
+        phases = positions.view(1, 1, T, 1) * self.freqs.view(1, 1, 1, N)  # (1, 1, T, N)
+
+        x = layer_norm(self.embed(idx).unsqueeze(1))  # (B, 1, T, D)
+        for layer in range(C.n_layer):
+            S = state[layer]  # (B, nh, N, D) float32
+            xs = F.relu(x @ self.encoder)  # (B, nh, T, N)
+            q = rope(phases, xs)  # (B, nh, T, N)
+            q32, x32 = q.float(), x.float()
+            a = (q32 @ q32.mT).tril(diagonal=-1) @ x32  # (B, nh, T, D) within the chunk
+            a = a + q32 @ S  # (B, nh, T, D) from earlier chunks
+            S.add_(q32.mT @ x32.expand(B, nh, T, D))  # (B, nh, N, D)
+            ys = F.relu(layer_norm(a.to(x.dtype)) @ self.encoder_v)  # (B, nh, T, N)
+            m = (xs * ys).transpose(1, 2).reshape(B, 1, T, nh * N) @ self.decoder  # (B, 1, T, D)
+            x = layer_norm(x + layer_norm(m))  # (B, 1, T, D)
+        return x.view(B, T, D) @ self.lm_head  # (B, T, V)
+
+    @torch.no_grad()
+    def decode_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, state: torch.Tensor
+    ) -> torch.Tensor:
+        """Advance B sequences by one token each; `positions` (B,) may all differ.
+
+        Reads and updates `state` (n_layer, B, nh, N, D) in place; returns logits (B, V).
+        """
+        B = tokens.size(0)
+        C = self.config
+        D, nh, N = C.n_embd, C.n_head, C.neurons_per_head
+        phases = positions.to(torch.float32).view(B, 1, 1, 1) * self.freqs.view(1, 1, 1, N)
+
+        x = layer_norm(self.embed(tokens).view(B, 1, 1, D))  # (B, 1, 1, D)
+        for layer in range(C.n_layer):
+            S = state[layer]  # (B, nh, N, D) float32
+            xs = F.relu(x @ self.encoder)  # (B, nh, 1, N)
+            q32 = rope(phases, xs).float()  # (B, nh, 1, N)
+            x32 = x.float()  # (B, 1, 1, D)
+            a = q32 @ S  # (B, nh, 1, D): reads the state before this token is added
+            # S += q^T x, in place, as one batched rank-1 update per (sequence, head).
+            S.view(B * nh, N, D).baddbmm_(
+                q32.reshape(B * nh, N, 1), x32.expand(B, nh, 1, D).reshape(B * nh, 1, D)
+            )
+            ys = F.relu(layer_norm(a.to(x.dtype)) @ self.encoder_v)  # (B, nh, 1, N)
+            m = (xs * ys).transpose(1, 2).reshape(B, 1, 1, nh * N) @ self.decoder  # (B, 1, 1, D)
+            x = layer_norm(x + layer_norm(m))  # (B, 1, 1, D)
+        return x.view(B, D) @ self.lm_head  # (B, V)
