@@ -136,7 +136,9 @@ def model_import(
     except (CheckpointError, InvalidModelNameError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    console.print(f"[green]imported[/green] {name} ({model.config.parameter_count():,} params) at {path}")
+    console.print(
+        f"[green]imported[/green] {name} ({model.config.parameter_count():,} params) at {path}"
+    )
 
 
 @app.command("generate")

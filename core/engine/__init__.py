@@ -1,18 +1,28 @@
 """The BDH engine: model, tokenizer, sampling, checkpoints, registry, training.
 
-    from core.engine import load_model, SamplingParams
-    lm = load_model("bdh-shakespeare")
-    text = lm.generate("ROMEO:", SamplingParams(max_tokens=64, temperature=0.0))
+from core.engine import load_model, SamplingParams
+lm = load_model("bdh-shakespeare")
+text = lm.generate("ROMEO:", SamplingParams(max_tokens=64, temperature=0.0))
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .engine import Engine, build_engine
 from .language_model import LanguageModel
 from .model import BDH, BDHConfig
 from .registry import ModelNotFoundError, ModelRegistry
 from .sampling import SamplingParams
+from .scheduler import (
+    EngineObserver,
+    EngineOverloaded,
+    GenerationError,
+    GenerationStream,
+    Scheduler,
+    SchedulerStats,
+    StreamEvent,
+)
 from .tokenizer import ByteTokenizer
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -21,10 +31,19 @@ __all__ = [
     "BDH",
     "BDHConfig",
     "ByteTokenizer",
+    "Engine",
+    "EngineObserver",
+    "EngineOverloaded",
+    "GenerationError",
+    "GenerationStream",
     "LanguageModel",
     "ModelNotFoundError",
     "ModelRegistry",
     "SamplingParams",
+    "Scheduler",
+    "SchedulerStats",
+    "StreamEvent",
+    "build_engine",
     "load_model",
 ]
 

@@ -1,0 +1,215 @@
+"""The app factory every server uses: a component alone, or the unified server.
+
+A component only *declares* itself (``ComponentSpec``: name, request and result models, job
+functions, extra routers); ``create_base_app`` wires the convention routes, the system routes,
+error handling, middleware and a lifespan that builds the engine, store, event bus, run service
+and executor once, on ``app.state``, reached through the dependencies in ``core.api.deps``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from anyio import to_thread
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from pydantic import BaseModel
+
+from core.api.errors import install_error_handlers
+from core.api.middleware import (
+    BodySizeLimitMiddleware,
+    RequestIdMiddleware,
+    install_request_id_in_logs,
+)
+from core.api.security import AuthMiddleware, KeyRing
+from core.api.system import build_system_router
+from core.config import Settings
+from core.runs.context import JobFn
+from core.runs.events import EventBus
+from core.runs.executor import JobTable, build_executor
+from core.runs.router import build_all_runs_router, build_run_router, request_parser
+from core.runs.service import RunService
+from core.store.db import Store
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Settings], Any]
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Everything a component declares; the platform does the rest.
+
+    ``requests``: one request model, or a union discriminated on ``kind``.
+    ``result_model``: one result model, or one per kind.
+    ``jobs``: kind -> ``job(context, request) -> result``.
+    ``routers``: the component's own extra routes (e.g. ``GET /api/test/suites``).
+    """
+
+    name: str
+    requests: Any
+    result_model: type[BaseModel] | Mapping[str, type[BaseModel]]
+    jobs: Mapping[str, JobFn]
+    routers: Sequence[APIRouter] = ()
+
+    def job_table(self) -> JobTable:
+        return JobTable(component=self.name, parse=request_parser(self.requests), jobs=self.jobs)
+
+
+def no_engine(_settings: Settings) -> None:
+    """An engine factory for servers (and tests) that run without a model engine."""
+    return None
+
+
+def _default_engine_factory() -> EngineFactory:
+    try:
+        from core.engine import build_engine
+    except ImportError:
+        logger.info("core.engine.build_engine is not available; running without an engine")
+        return no_engine
+    factory: EngineFactory = build_engine
+    return factory
+
+
+def create_base_app(
+    settings: Settings,
+    *,
+    components: Sequence[ComponentSpec],
+    engine: Any = None,
+    engine_factory: EngineFactory | None = None,
+    title: str = "Hatchery",
+    version: str = "0.1.0",
+    event_queue_size: int = 1000,
+    ping_interval_s: float = 15.0,
+    stop_grace_s: float = 10.0,
+    include_all_runs: bool = True,
+) -> FastAPI:
+    """A FastAPI app serving ``components`` with the whole run convention.
+
+    ``engine``: the shared model engine; when None it is built at start-up by
+    ``engine_factory`` (default: ``core.engine.build_engine`` if present, else no engine).
+    """
+    install_request_id_in_logs()
+    names = [spec.name for spec in components]
+    if len(set(names)) != len(names):
+        raise ValueError(f"component names must be unique: {names}")
+    lifespan = _make_lifespan(
+        engine=engine,
+        engine_factory=engine_factory,
+        event_queue_size=event_queue_size,
+        stop_grace_s=stop_grace_s,
+    )
+    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.components = tuple(components)
+    install_error_handlers(app)
+    _add_middleware(app, settings)
+    app.include_router(build_system_router())
+    for spec in components:
+        router = build_run_router(
+            spec.name,
+            spec.requests,
+            spec.result_model,
+            spec.jobs,
+            ping_interval_s=ping_interval_s,
+        )
+        app.include_router(router)
+        for extra in spec.routers:
+            app.include_router(extra)
+    if include_all_runs:
+        app.include_router(build_all_runs_router())
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    # Added innermost first: requests pass RequestId -> CORS -> Auth -> BodySizeLimit -> app,
+    # so refusals carry a request id and CORS headers, and preflights need no key.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(AuthMiddleware, keyring=KeyRing.from_settings(settings.auth))
+    if settings.cors.allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors.allow_origins,
+            allow_credentials=settings.cors.allow_credentials,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After", "Location"],
+        )
+    app.add_middleware(RequestIdMiddleware)
+
+
+def _make_lifespan(
+    *,
+    engine: Any,
+    engine_factory: EngineFactory | None,
+    event_queue_size: int,
+    stop_grace_s: float,
+) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings: Settings = app.state.settings
+        _warn_if_exposed(settings)
+        owns_engine = engine is None
+        factory = engine_factory or _default_engine_factory()
+        app.state.engine = await to_thread.run_sync(factory, settings) if owns_engine else engine
+        if owns_engine:
+            _preload_in_background(app.state.engine)
+        store = Store(settings.store.url)
+        await to_thread.run_sync(store.create_schema)
+        bus = EventBus(queue_size=event_queue_size)
+        bus.bind(asyncio.get_running_loop())
+        service = RunService(store=store, bus=bus)
+        tables = {spec.name: spec.job_table() for spec in app.state.components}
+        executor = build_executor(
+            settings=settings, service=service, tables=tables, engine=app.state.engine
+        )
+        app.state.store, app.state.event_bus = store, bus
+        app.state.run_service, app.state.executor = service, executor
+        await to_thread.run_sync(executor.start)
+        try:
+            yield
+        finally:
+            await to_thread.run_sync(executor.stop, stop_grace_s)
+            await to_thread.run_sync(store.dispose)
+            if owns_engine:
+                await to_thread.run_sync(_close, app.state.engine)
+
+    return lifespan
+
+
+def _preload_in_background(engine: Any) -> None:
+    """Load the preload models without holding up start-up: /ready says 503 until done."""
+    preload = getattr(engine, "preload", None)
+    if not callable(preload):
+        return
+
+    def run() -> None:
+        try:
+            preload()
+        except Exception:
+            logger.exception("preloading models failed; they load on first use instead")
+
+    threading.Thread(target=run, name="hatchery-preload", daemon=True).start()
+
+
+def _close(engine: Any) -> None:
+    for name in ("shutdown", "close"):
+        close = getattr(engine, name, None)
+        if callable(close):
+            close()
+            return
+
+
+def _warn_if_exposed(settings: Settings) -> None:
+    if settings.server.host not in _LOOPBACK and not settings.auth.enabled:
+        logger.warning(
+            "listening on %s with auth disabled: anyone who can reach it can use it",
+            settings.server.host,
+        )

@@ -1,0 +1,255 @@
+"""The one Settings tree (DESIGN §8).
+
+Layers, lowest first: built-in defaults < YAML file (``--config``) < environment
+(``HATCHERY_…``, nested with ``__``) < CLI overrides. Everything is validated once, at start-up;
+unknown keys are refused so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from core.errors import ConfigError
+
+_FORBID = ConfigDict(extra="forbid")
+
+
+class ServerSettings(BaseModel):
+    model_config = _FORBID
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(1_048_576, gt=0)
+
+
+class ModelSettings(BaseModel):
+    model_config = _FORBID
+    default: str = "bdh-shakespeare"
+    models_dir: str = "models"
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    preload: list[str] = Field(default_factory=lambda: ["bdh-shakespeare"])
+
+
+class GenerationSettings(BaseModel):
+    model_config = _FORBID
+    max_tokens: int = Field(256, gt=0)
+    max_tokens_limit: int = Field(4096, gt=0)
+    max_prompt_bytes: int = Field(65_536, gt=0)
+    max_n: int = Field(8, gt=0)
+    max_batch: int = Field(32, gt=0)
+    max_waiting: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> GenerationSettings:
+        if self.max_tokens > self.max_tokens_limit:
+            raise ValueError("generation.max_tokens must not exceed generation.max_tokens_limit")
+        return self
+
+
+class StoreSettings(BaseModel):
+    model_config = _FORBID
+    url: str = Field("sqlite:///./data/hatchery.db", min_length=1)
+
+
+class ExecutorSettings(BaseModel):
+    model_config = _FORBID
+    kind: Literal["local", "ray"] = "local"
+    concurrency: dict[str, int] = Field(
+        default_factory=lambda: {"test": 2, "generator": 4, "benchmark": 1}
+    )
+    heartbeat_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(2, gt=0)
+    ray_address: str | None = None
+
+    @field_validator("concurrency")
+    @classmethod
+    def _positive_concurrency(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(name for name, limit in value.items() if limit <= 0)
+        if bad:
+            raise ValueError(f"concurrency must be positive for: {', '.join(bad)}")
+        return value
+
+
+class AuthSettings(BaseModel):
+    model_config = _FORBID
+    enabled: bool = False
+    # Plain keys or "sha256:<64 hex>" digests; plain keys are hashed on load and never kept.
+    api_keys: list[str] = Field(default_factory=list)
+    admin_keys: list[str] = Field(default_factory=list)
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _well_formed(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not key:
+                raise ValueError("API keys must not be empty")
+            if key.startswith("sha256:"):
+                digest = key.removeprefix("sha256:")
+                if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                    raise ValueError("a 'sha256:' key must be followed by 64 hex digits")
+        return keys
+
+    @model_validator(mode="after")
+    def _keys_when_enabled(self) -> AuthSettings:
+        if self.enabled and not (self.api_keys or self.admin_keys):
+            raise ValueError("auth.enabled is true but no auth.api_keys or auth.admin_keys given")
+        return self
+
+
+class RateLimitingSettings(BaseModel):
+    model_config = _FORBID
+    enabled: bool = False
+    requests_per_minute: int = Field(600, gt=0)
+    storage: str = "memory://"
+
+
+class CorsSettings(BaseModel):
+    model_config = _FORBID
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError(
+                'cors.allow_origins "*" cannot be combined with cors.allow_credentials: '
+                "list the allowed origins explicitly"
+            )
+        return self
+
+
+class LoggingSettings(BaseModel):
+    # "json" would shadow BaseModel.json, so the attribute is json_format and the key stays json.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    json_format: bool = Field(False, alias="json")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class OutboundSettings(BaseModel):
+    """Hosts that runs calling URLs (endpoint tests, serving benchmarks) may reach."""
+
+    model_config = _FORBID
+    allow_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "::1"])
+
+
+# The YAML layer for the Settings() call in progress; a context variable keeps concurrent
+# load_settings calls (tests) from seeing each other's files.
+_yaml_layer: ContextVar[Mapping[str, Any] | None] = ContextVar("hatchery_yaml_layer", default=None)
+
+
+class _YamlLayer(PydanticBaseSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_yaml_layer.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_layer.get() or {})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HATCHERY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limiting: RateLimitingSettings = Field(default_factory=RateLimitingSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    data_dir: str = "data"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest priority first: CLI (init kwargs) > environment > YAML > defaults.
+        return init_settings, env_settings, _YamlLayer(settings_cls)
+
+
+def load_settings(config_file: str | Path | None = None, **cli_overrides: Any) -> Settings:
+    """Build the validated Settings tree.
+
+    ``cli_overrides`` may be nested (``server={"port": 9000}``) or dotted
+    (``**{"server.port": 9000}``); ``None`` values mean "flag not given" and are skipped.
+    Raises ``ConfigError`` with one line per problem.
+    """
+    yaml_data = _read_yaml(Path(config_file)) if config_file is not None else {}
+    overrides = _expand_dotted(cli_overrides)
+    token = _yaml_layer.set(yaml_data)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_file)) from None
+    finally:
+        _yaml_layer.reset(token)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    return data
+
+
+def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = result
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r} conflicts with another override")
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = dict(value) if isinstance(value, Mapping) else value
+    return result
+
+
+def _describe(exc: ValidationError, config_file: str | Path | None) -> str:
+    source = f" (config file {config_file}, environment HATCHERY_*, or CLI)" if config_file else ""
+    lines = [f"invalid settings{source}:"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling; see config.example.yaml)"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""The serving engine: one continuous-batching `Scheduler` per loaded model.
+
+    engine = build_engine(settings)          # nothing loaded yet
+    engine.preload()                         # blocking: load settings.model.preload
+    stream = engine.submit("bdh-shakespeare", prompt_ids, params)
+    ...
+    engine.shutdown()
+
+Schedulers are created on first use, once per model even when many threads ask at the same
+time; loading a model happens outside the engine-wide lock, so a slow load of one model does
+not hold up requests for another. One engine is built per process (in the app's lifespan)
+and shared by every component, so each model sits in memory once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .language_model import PREFILL_CHUNK
+from .registry import ModelRegistry
+from .sampling import SamplingParams
+from .scheduler import EngineObserver, GenerationStream, Scheduler
+
+if TYPE_CHECKING:
+    from core.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    """Thread-safe owner of the per-model schedulers."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        max_batch: int,
+        max_waiting: int,
+        preload: Sequence[str] = (),
+        observer: EngineObserver | None = None,
+        prefill_chunk: int = PREFILL_CHUNK,
+        prefill_budget: int = 2 * PREFILL_CHUNK,
+    ) -> None:
+        self.registry = registry
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.preload_names = list(preload)
+        self.observer = observer
+        self.prefill_chunk = prefill_chunk
+        self.prefill_budget = prefill_budget
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # per model: one load at a time
+        self._schedulers: dict[str, Scheduler] = {}
+        self._closed = False
+
+    def scheduler(self, model_name: str) -> Scheduler:
+        """The model's running scheduler, loading the model on first use.
+
+        Raises the registry's errors (ModelNotFoundError, InvalidModelNameError) for bad names
+        and RuntimeError once the engine is shut down.
+        """
+        scheduler = self._lookup(model_name)
+        if scheduler is not None:
+            return scheduler
+        if not self.registry.exists(model_name):
+            self.registry.load(model_name)  # raises the registry's precise error
+        with self._gate(model_name):
+            scheduler = self._lookup(model_name)
+            if scheduler is not None:
+                return scheduler
+            lm = self.registry.load(model_name)
+            scheduler = Scheduler(
+                lm,
+                max_batch=self.max_batch,
+                max_waiting=self.max_waiting,
+                prefill_chunk=self.prefill_chunk,
+                prefill_budget=self.prefill_budget,
+                observer=self.observer,
+            )
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("the engine is shut down")
+                self._schedulers[model_name] = scheduler.start()
+            logger.info("scheduler started for %s", model_name)
+            return scheduler
+
+    def submit(
+        self,
+        model_name: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        request_id: str | None = None,
+        prompt_index: int = 0,
+    ) -> GenerationStream:
+        """`scheduler(model_name).submit(...)`; loads the model first if needed (blocking)."""
+        return self.scheduler(model_name).submit(
+            prompt_ids, params, request_id=request_id, prompt_index=prompt_index
+        )
+
+    def preload(self) -> None:
+        """Load every preload model and start its scheduler (blocking; call off the loop)."""
+        for name in self.preload_names:
+            self.scheduler(name)
+
+    def is_ready(self) -> bool:
+        with self._lock:
+            return not self._closed and all(n in self._schedulers for n in self.preload_names)
+
+    def loaded_models(self) -> list[str]:
+        with self._lock:
+            return sorted(self._schedulers)
+
+    def forget(self, model_name: str, timeout: float | None = 10.0) -> None:
+        """Stop and drop the model's scheduler (its requests end with "abort").
+
+        Call it when a model is re-registered: the next request loads the new weights.
+        """
+        with self._gate(model_name), self._lock:
+            scheduler = self._schedulers.pop(model_name, None)
+        if scheduler is not None:
+            scheduler.stop(timeout)
+            logger.info("scheduler stopped for %s", model_name)
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Stop every scheduler (pending requests end with "abort"); later calls fail."""
+        with self._lock:
+            self._closed = True
+            schedulers = list(self._schedulers.values())
+            self._schedulers.clear()
+        for scheduler in schedulers:
+            scheduler.stop(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Per-model scheduler statistics and their totals, for /stats and /metrics."""
+        with self._lock:
+            schedulers = dict(self._schedulers)
+        models = {name: s.stats().to_dict() for name, s in sorted(schedulers.items())}
+        summed = ("running", "waiting", "prefilling", "total_requests", "tokens_generated")
+        totals: dict[str, Any] = {key: sum(m[key] for m in models.values()) for key in summed}
+        totals["tokens_per_s"] = sum(m["tokens_per_s"] for m in models.values())
+        return {"ready": self.is_ready(), "models": models, "totals": totals}
+
+    def _lookup(self, model_name: str) -> Scheduler | None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is shut down")
+            return self._schedulers.get(model_name)
+
+    def _gate(self, model_name: str) -> threading.Lock:
+        """The lock that serialises loading one model (made only for models that exist)."""
+        with self._lock:
+            return self._loading.setdefault(model_name, threading.Lock())
+
+
+def build_engine(settings: Settings, *, observer: EngineObserver | None = None) -> Engine:
+    """The engine the settings describe; nothing is loaded until `preload()` or first use."""
+    registry = ModelRegistry(
+        settings.model.models_dir, device=settings.model.device, dtype=settings.model.dtype
+    )
+    return Engine(
+        registry,
+        max_batch=settings.generation.max_batch,
+        max_waiting=settings.generation.max_waiting,
+        preload=list(settings.model.preload),
+        observer=observer,
+    )

@@ -1,0 +1,756 @@
+"""Continuous batching for one model: a scheduler thread, a slot pool and generation streams.
+
+    scheduler = Scheduler(lm, max_batch=32, max_waiting=256).start()
+    stream = scheduler.submit(prompt_ids, SamplingParams(max_tokens=64, seed=1))
+    async for event in stream:              # or, in a worker thread: stream.iter_sync()
+        print(event.choice, event.text, event.finish_reason)
+
+One daemon thread makes every torch call. Each step it
+
+1. drops aborted requests and admits waiting ones while slots are free;
+2. prefills admitted prompts chunk by chunk, at most `prefill_budget` tokens per step, so
+   running streams keep flowing while a long prompt is read;
+3. runs one batched `decode_step` over all running sequences, whose states are the view
+   `pool[:, :B]` of a slot pool kept compacted (no gather or scatter copies);
+4. samples each row with its own `SequenceDecoder` and delivers the text to its stream;
+5. frees finished sequences by moving the last slot's state into the hole (one state copy
+   per finished sequence, never one per token).
+
+Prefill chunks start at multiples of `prefill_chunk` whatever else is running, and every
+sequence draws from its own generator, so a seeded request gives the same tokens alone or in
+any batch, and the same tokens as `LanguageModel.complete` with the same chunk size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import statistics
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from .language_model import PREFILL_CHUNK, LanguageModel
+from .sampling import SamplingParams
+from .sequence import FINISH_ABORT, CompletionOutput, SequenceDecoder, TokenLogprob
+
+logger = logging.getLogger(__name__)
+
+FINISH_ERROR = "error"
+INITIAL_SLOTS = 4
+THROUGHPUT_WINDOW_S = 10.0
+LATENCY_WINDOW = 1024  # recent TTFT / inter-token samples kept for the statistics
+
+
+class EngineOverloaded(RuntimeError):
+    """The waiting queue is full; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class GenerationError(RuntimeError):
+    """The engine failed while generating; raised by a stream after its last event."""
+
+
+@dataclasses.dataclass
+class StreamEvent:
+    """New output of one choice: text that became final, the tokens behind it, and, on the
+    last event of the choice, why it finished. Several tokens may arrive in one event."""
+
+    choice: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+
+class EngineObserver:
+    """Metrics callbacks, run on the scheduler thread; override the ones you need.
+
+    Any object with some of these methods works as well. Exceptions are logged and ignored.
+    `on_finish` is called for requests that end normally (stop or length), not for aborted or
+    failed ones.
+    """
+
+    def on_first_token(self, ttft_s: float) -> None: ...
+
+    def on_token(self, inter_token_s: float) -> None: ...
+
+    def on_prefill(self, tokens: int) -> None: ...
+
+    def on_finish(self, e2e_s: float, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+@dataclasses.dataclass
+class SchedulerStats:
+    model: str
+    running: int  # sequences (choices) in decode slots
+    waiting: int  # requests queued for admission
+    prefilling: int  # requests whose prompt is being read
+    slots: int  # allocated state slots (grows up to max_batch)
+    max_batch: int
+    total_requests: int
+    finished_requests: int
+    aborted_requests: int
+    prompt_tokens: int
+    tokens_generated: int
+    tokens_per_s: float  # over the last THROUGHPUT_WINDOW_S seconds
+    ttft_mean_s: float | None
+    ttft_p50_s: float | None
+    inter_token_mean_s: float | None
+    inter_token_p50_s: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class GenerationStream:
+    """The output of one request, fed by the scheduler thread, read by one consumer.
+
+    Read it with `async for event in stream` on an event loop, or `stream.iter_sync()` in a
+    thread; then `outputs()`. `abort()` may be called from any thread. Used as a (sync or
+    async) context manager, the stream is aborted on exit unless it finished, so a consumer
+    that goes away (a disconnected client) frees its slots.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        wake_scheduler: Callable[[], None],
+    ) -> None:
+        self.request_id = request_id
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.submitted_at = time.monotonic()
+        self.first_token_time: float | None = None  # time.monotonic() of the first token
+        self._wake_scheduler = wake_scheduler
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._events: deque[StreamEvent] = deque()
+        self._open: dict[int, StreamEvent] = {}  # choice -> its queued event still growing
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        self._finished = False
+        self._abort_requested = False
+        self._error: BaseException | None = None
+        self._outputs: list[CompletionOutput] = []
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def abort_requested(self) -> bool:
+        return self._abort_requested
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.submitted_at
+
+    def abort(self) -> None:
+        """Stop generating; unfinished choices end with finish_reason "abort" within a step."""
+        with self._lock:
+            if self._finished or self._abort_requested:
+                return
+            self._abort_requested = True
+        self._wake_scheduler()
+
+    def outputs(self) -> list[CompletionOutput]:
+        """One output per choice, by index; only once the stream has finished."""
+        if not self._finished:
+            raise RuntimeError("the stream has not finished")
+        if self._error is not None:
+            raise GenerationError(str(self._error)) from self._error
+        return list(self._outputs)
+
+    # Consumers --------------------------------------------------------------------------------
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        while True:
+            with self._lock:
+                event = self._pop_locked()
+                if event is not None:
+                    return event
+                if self._finished:
+                    self._raise_error_locked()
+                    raise StopAsyncIteration
+                loop = asyncio.get_running_loop()
+                future: asyncio.Future[None] = loop.create_future()
+                self._waiter = (loop, future)
+            try:
+                await future
+            finally:
+                with self._lock:
+                    if self._waiter is not None and self._waiter[1] is future:
+                        self._waiter = None
+
+    def iter_sync(self, timeout: float | None = None) -> Iterator[StreamEvent]:
+        """Events as they come, for code in worker threads; `timeout` bounds each wait."""
+        while True:
+            with self._ready:
+                if not self._ready.wait_for(lambda: self._events or self._finished, timeout):
+                    raise TimeoutError(f"no event from stream {self.request_id} in {timeout} s")
+                event = self._pop_locked()
+                if event is None:
+                    self._raise_error_locked()
+                    return
+            yield event
+
+    async def collect(self) -> list[CompletionOutput]:
+        """Consume the remaining events and return the outputs."""
+        async for _ in self:
+            pass
+        return self.outputs()
+
+    def collect_sync(self, timeout: float | None = None) -> list[CompletionOutput]:
+        for _ in self.iter_sync(timeout):
+            pass
+        return self.outputs()
+
+    def __enter__(self) -> GenerationStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+    async def __aenter__(self) -> GenerationStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+    # Producer side (scheduler thread) -----------------------------------------------------------
+
+    def _deliver(
+        self,
+        choice: int,
+        text: str = "",
+        token: int | None = None,
+        logprob: TokenLogprob | None = None,
+        finish_reason: str | None = None,
+    ) -> None:
+        with self._lock:
+            event = self._open.get(choice)
+            if event is None:
+                logprobs: list[TokenLogprob] | None = (
+                    [] if self.params.logprobs is not None else None
+                )
+                event = StreamEvent(choice, "", [], logprobs)
+                self._events.append(event)
+                self._open[choice] = event
+            event.text += text
+            if token is not None:
+                event.token_ids.append(token)
+            if logprob is not None and event.logprobs is not None:
+                event.logprobs.append(logprob)
+            if finish_reason is not None:
+                event.finish_reason = finish_reason
+                del self._open[choice]
+            self._notify_locked()
+
+    def _close(self, outputs: list[CompletionOutput], error: BaseException | None = None) -> None:
+        with self._lock:
+            self._outputs = outputs
+            self._error = error
+            self._finished = True
+            self._notify_locked()
+
+    def _pop_locked(self) -> StreamEvent | None:
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if self._open.get(event.choice) is event:
+            del self._open[event.choice]  # handed out: later tokens start a new event
+        return event
+
+    def _raise_error_locked(self) -> None:
+        if self._error is not None:
+            raise GenerationError(str(self._error)) from self._error
+
+    def _notify_locked(self) -> None:
+        self._ready.notify_all()
+        if self._waiter is not None:
+            loop, future = self._waiter
+            self._waiter = None
+            # A closed loop raises RuntimeError: its consumer is gone, nobody is listening.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    stream: GenerationStream
+    prompt_index: int
+    decoders: list[SequenceDecoder] = dataclasses.field(default_factory=list)
+    state: torch.Tensor | None = None  # (n_layer, 1, nh, N, D) while prefilling
+    prefilled: int = 0  # prompt tokens consumed so far
+    live: int = 0  # choices not finished
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.stream.prompt_ids
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.stream.params
+
+
+@dataclasses.dataclass(eq=False)
+class _Sequence:
+    """A running choice; its state lives in pool slot `Scheduler._running.index(self)`."""
+
+    request: _Request
+    decoder: SequenceDecoder
+    last_token_at: float
+
+
+class Scheduler:
+    """Continuous batching of one model's requests on one daemon thread."""
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        *,
+        max_batch: int,
+        max_waiting: int,
+        prefill_chunk: int = PREFILL_CHUNK,
+        prefill_budget: int = 2 * PREFILL_CHUNK,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        if min(max_batch, max_waiting, prefill_chunk) < 1:
+            raise ValueError("max_batch, max_waiting and prefill_chunk must be positive")
+        if prefill_budget < prefill_chunk:
+            raise ValueError("prefill_budget must be at least prefill_chunk")
+        self.lm = lm
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.prefill_chunk = prefill_chunk
+        self.prefill_budget = prefill_budget
+        self.observer = observer
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._waiting: deque[_Request] = deque()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        # Owned by the scheduler thread.
+        self._prefilling: list[_Request] = []
+        self._running: list[_Sequence] = []
+        self._pool: torch.Tensor | None = None  # (n_layer, slots, nh, N, D) float32
+        self._step_tokens = 0
+        # Requests that ended this step; their streams close once the slots are freed and the
+        # counts published, so a consumer that saw the end also sees the slots back in stats.
+        self._closing: list[tuple[_Request, list[CompletionOutput], BaseException | None]] = []
+        # Statistics, written under the lock.
+        self._started_at = time.monotonic()
+        self._counts = {"running": 0, "prefilling": 0, "slots": 0}
+        self._totals = {"requests": 0, "finished": 0, "aborted": 0, "prompt": 0, "generated": 0}
+        self._token_window: deque[tuple[float, int]] = deque()
+        self._ttft: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._itl: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._e2e: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    # Public API ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Scheduler:
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("a stopped scheduler cannot be restarted")
+            if self._thread is None:
+                self._started_at = time.monotonic()
+                self._thread = threading.Thread(
+                    target=self._loop, name=f"hatchery-scheduler-{self.lm.name}", daemon=True
+                )
+                self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Abort everything pending (finish_reason "abort") and join the thread."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify_all()
+            thread = self._thread
+        if thread is None:
+            self._abort_waiting()
+            return
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning("scheduler for %s did not stop within %s s", self.lm.name, timeout)
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        request_id: str | None = None,
+        prompt_index: int = 0,
+    ) -> GenerationStream:
+        """Queue a request; raises ValueError for a bad prompt, EngineOverloaded when full."""
+        ids = list(prompt_ids)
+        vocab_size = self.lm.config.vocab_size
+        if not ids:
+            raise ValueError("prompt must not be empty: BDH needs at least one byte of context")
+        if any(not isinstance(i, int) or not 0 <= i < vocab_size for i in ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
+        if params.n > self.max_batch:
+            raise ValueError(f"n={params.n} exceeds the engine's max batch of {self.max_batch}")
+        stream = GenerationStream(request_id or uuid.uuid4().hex, ids, params, self._wake)
+        request = _Request(stream, prompt_index)
+        with self._wakeup:
+            if self._stopping:
+                raise RuntimeError(f"the scheduler for {self.lm.name} is stopped")
+            if len(self._waiting) >= self.max_waiting:
+                raise EngineOverloaded(
+                    f"{len(self._waiting)} requests are already waiting for {self.lm.name}",
+                    retry_after=self._retry_after_locked(),
+                )
+            self._waiting.append(request)
+            self._totals["requests"] += 1
+            self._wakeup.notify()
+        return stream
+
+    def stats(self) -> SchedulerStats:
+        with self._lock:
+            now = time.monotonic()
+            self._trim_window_locked(now)
+            span = min(THROUGHPUT_WINDOW_S, max(now - self._started_at, 1e-3))
+            ttft, itl = list(self._ttft), list(self._itl)
+            return SchedulerStats(
+                model=self.lm.name,
+                running=self._counts["running"],
+                waiting=len(self._waiting),
+                prefilling=self._counts["prefilling"],
+                slots=self._counts["slots"],
+                max_batch=self.max_batch,
+                total_requests=self._totals["requests"],
+                finished_requests=self._totals["finished"],
+                aborted_requests=self._totals["aborted"],
+                prompt_tokens=self._totals["prompt"],
+                tokens_generated=self._totals["generated"],
+                tokens_per_s=sum(n for _, n in self._token_window) / span,
+                ttft_mean_s=statistics.fmean(ttft) if ttft else None,
+                ttft_p50_s=statistics.median(ttft) if ttft else None,
+                inter_token_mean_s=statistics.fmean(itl) if itl else None,
+                inter_token_p50_s=statistics.median(itl) if itl else None,
+            )
+
+    # The thread ---------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with self._wakeup:
+            self._wakeup.notify()
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wakeup:
+                    self._wakeup.wait_for(
+                        lambda: self._stopping or self._waiting or self._prefilling or self._running
+                    )
+                    if self._stopping:
+                        break
+                    dropped = [r for r in self._waiting if r.stream.abort_requested]
+                    for request in dropped:
+                        self._waiting.remove(request)
+                    admitted = self._admit_locked()
+                if dropped:
+                    for request in dropped:
+                        self._end_request(request, FINISH_ABORT)
+                    self._settle()
+                try:
+                    self._step(admitted)
+                except Exception as exc:
+                    logger.exception("generation step failed for %s", self.lm.name)
+                    self._end_all(FINISH_ERROR, exc)
+            self._pool = None
+            self._end_all(FINISH_ABORT)
+            self._abort_waiting()
+
+    def _admit_locked(self) -> list[_Request]:
+        """Take waiting requests, oldest first, while their choices fit in the free slots."""
+        reserved = len(self._running) + sum(r.live for r in self._prefilling)
+        admitted = []
+        while self._waiting and reserved + self._waiting[0].params.n <= self.max_batch:
+            request = self._waiting.popleft()
+            reserved += request.params.n
+            admitted.append(request)
+        return admitted
+
+    def _step(self, admitted: list[_Request]) -> None:
+        vocab_size = self.lm.config.vocab_size
+        for request in admitted:  # first, so that a failure below still ends them all
+            request.live = request.params.n
+            self._prefilling.append(request)
+        for request in admitted:
+            request.decoders = [
+                SequenceDecoder(
+                    request.prompt_ids,
+                    request.params,
+                    vocab_size=vocab_size,
+                    choice=c,
+                    prompt_index=request.prompt_index,
+                )
+                for c in range(request.params.n)
+            ]
+        self._drop_aborted()
+        self._prefill()
+        self._decode()
+        generated, self._step_tokens = self._step_tokens, 0
+        with self._lock:
+            now = time.monotonic()
+            self._totals["generated"] += generated
+            if generated:
+                self._token_window.append((now, generated))
+        self._settle()
+
+    def _settle(self) -> None:
+        """Publish the counts, then close the streams of the requests that ended."""
+        with self._lock:
+            self._counts.update(
+                running=len(self._running),
+                prefilling=len(self._prefilling),
+                slots=0 if self._pool is None else self._pool.size(1),
+            )
+        closing, self._closing = self._closing, []
+        for request, outputs, error in closing:
+            request.stream._close(outputs, error)
+
+    def _drop_aborted(self) -> None:
+        for request in [r for r in self._prefilling if r.stream.abort_requested]:
+            self._prefilling.remove(request)
+            self._end_request(request, FINISH_ABORT)
+        gone = [i for i, s in enumerate(self._running) if s.request.stream.abort_requested]
+        requests = {id(self._running[i].request): self._running[i].request for i in gone}
+        self._release(gone)
+        for request in requests.values():
+            self._end_request(request, FINISH_ABORT)
+
+    def _prefill(self) -> None:
+        """Advance prefills by whole chunks, oldest first, up to `prefill_budget` tokens."""
+        model, spent = self.lm.model, 0
+        for request in list(self._prefilling):
+            ids = request.prompt_ids
+            logits = None
+            while request.prefilled < len(ids):
+                begin = request.prefilled
+                end = min(begin + self.prefill_chunk, len(ids))
+                if spent + (end - begin) > self.prefill_budget:
+                    return
+                if request.state is None:  # allocated on first use: 201 MB for bdh-official
+                    request.state = model.new_state(1)
+                chunk = torch.tensor([ids[begin:end]], device=self.lm.device)  # (1, C)
+                logits = model.prefill_chunk(chunk, request.state, begin)  # (1, C, V)
+                spent += end - begin
+                request.prefilled = end
+                self._observe("on_prefill", end - begin)
+                with self._lock:
+                    self._totals["prompt"] += end - begin
+            assert logits is not None
+            self._start_decoding(request, logits[0, -1])
+            self._prefilling.remove(request)
+
+    def _start_decoding(self, request: _Request, logits: torch.Tensor) -> None:
+        """Sample each choice's first token from the prompt's logits (V,); seat the others."""
+        state = request.state
+        assert state is not None
+        now = time.monotonic()
+        request.stream.first_token_time = now
+        ttft = now - request.stream.submitted_at
+        with self._lock:
+            self._ttft.append(ttft)
+        self._observe("on_first_token", ttft)
+        logits = logits.float().cpu()
+        for decoder in request.decoders:
+            self._accept(request, decoder, logits)
+            if not decoder.finished:
+                slot = self._claim_slot()
+                assert self._pool is not None
+                self._pool[:, slot].copy_(state[:, 0])
+                self._running.append(_Sequence(request, decoder, now))
+        request.state = None
+
+    def _decode(self) -> None:
+        """One batched decode step over every running sequence."""
+        batch = len(self._running)
+        if batch == 0:
+            return
+        assert self._pool is not None
+        device = self.lm.device
+        tokens = torch.tensor([s.decoder.last_token for s in self._running], device=device)
+        positions = torch.tensor([s.decoder.position for s in self._running], device=device)
+        state = self._pool[:, :batch]  # (n_layer, B, nh, N, D), a view updated in place
+        logits = self.lm.model.decode_step(tokens, positions, state).float().cpu()  # (B, V)
+        now = time.monotonic()
+        finished = []
+        gaps = []
+        for row, sequence in enumerate(self._running):
+            gaps.append(now - sequence.last_token_at)
+            sequence.last_token_at = now
+            self._observe("on_token", gaps[-1])
+            self._accept(sequence.request, sequence.decoder, logits[row])
+            if sequence.decoder.finished:
+                finished.append(row)
+        with self._lock:
+            self._itl.extend(gaps)
+        self._release(finished)
+
+    def _accept(self, request: _Request, decoder: SequenceDecoder, logits: torch.Tensor) -> None:
+        text = decoder.accept(logits)
+        self._step_tokens += 1
+        logprob = decoder.logprobs[-1] if decoder.logprobs else None
+        request.stream._deliver(
+            decoder.choice, text, decoder.last_token, logprob, decoder.finish_reason
+        )
+        if decoder.finished:
+            request.live -= 1
+            if request.live == 0:
+                self._close_request(request)
+
+    # Slots --------------------------------------------------------------------------------------
+
+    def _claim_slot(self) -> int:
+        """The next slot, B; grows the pool geometrically up to max_batch."""
+        batch = len(self._running)
+        if batch >= self.max_batch:
+            raise RuntimeError("no free slot: admission let too many sequences in")
+        if self._pool is None or batch == self._pool.size(1):
+            capacity = self._pool.size(1) * 2 if self._pool is not None else INITIAL_SLOTS
+            pool = self.lm.model.new_state(min(capacity, self.max_batch))
+            if self._pool is not None:
+                pool[:, :batch].copy_(self._pool[:, :batch])
+            self._pool = pool
+            logger.debug("%s: state pool grown to %d slots", self.lm.name, pool.size(1))
+        return batch
+
+    def _release(self, rows: list[int]) -> None:
+        """Free running rows, moving the last running slot into each hole (highest first)."""
+        for row in sorted(rows, reverse=True):
+            last = len(self._running) - 1
+            if row != last:
+                assert self._pool is not None
+                self._pool[:, row].copy_(self._pool[:, last])
+                self._running[row] = self._running[last]
+            self._running.pop()
+
+    # Ends ---------------------------------------------------------------------------------------
+
+    def _end_request(
+        self, request: _Request, reason: str, error: BaseException | None = None
+    ) -> None:
+        """Finish every unfinished choice of a request that leaves early (abort or error)."""
+        request.state = None
+        request.live = 0
+        if not request.decoders:  # never admitted: make no decoder (no torch work) for it
+            outputs = [self._empty_output(request, c, reason) for c in range(request.params.n)]
+            for output in outputs:
+                request.stream._deliver(output.index, finish_reason=reason)
+            self._close_request(request, outputs, error)
+            return
+        for decoder in request.decoders:
+            if not decoder.finished:
+                decoder.finish_reason = reason
+                request.stream._deliver(decoder.choice, finish_reason=reason)
+        self._close_request(request, error=error)
+
+    @staticmethod
+    def _empty_output(request: _Request, choice: int, reason: str) -> CompletionOutput:
+        return CompletionOutput(
+            index=choice,
+            prompt_index=request.prompt_index,
+            text="",
+            token_ids=[],
+            finish_reason=reason,
+            prompt_tokens=len(request.prompt_ids),
+            logprobs=[] if request.params.logprobs is not None else None,
+        )
+
+    def _close_request(
+        self,
+        request: _Request,
+        outputs: list[CompletionOutput] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if outputs is None:
+            outputs = [d.output() for d in request.decoders]
+        normal = all(o.finish_reason not in (FINISH_ABORT, FINISH_ERROR) for o in outputs)
+        e2e = time.monotonic() - request.stream.submitted_at
+        with self._lock:
+            self._totals["finished" if normal else "aborted"] += 1
+            if normal:
+                self._e2e.append(e2e)
+        self._closing.append((request, outputs, error))
+        if normal:
+            completion = sum(o.completion_tokens for o in outputs)
+            self._observe("on_finish", e2e, len(request.prompt_ids), completion)
+
+    def _end_all(self, reason: str, error: BaseException | None = None) -> None:
+        """End every admitted request (running or prefilling) with `reason`."""
+        requests = {id(s.request): s.request for s in self._running}
+        requests.update({id(r): r for r in self._prefilling})
+        self._running.clear()
+        self._prefilling.clear()
+        for request in requests.values():
+            self._end_request(request, reason, error)
+        self._settle()
+
+    def _abort_waiting(self) -> None:
+        with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for request in waiting:
+            self._end_request(request, FINISH_ABORT)
+        self._settle()
+
+    # Bookkeeping --------------------------------------------------------------------------------
+
+    def _observe(self, name: str, *args: float | int) -> None:
+        callback = getattr(self.observer, name, None)
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("engine observer %s failed", name)
+
+    def _trim_window_locked(self, now: float) -> None:
+        while self._token_window and self._token_window[0][0] < now - THROUGHPUT_WINDOW_S:
+            self._token_window.popleft()
+
+    def _retry_after_locked(self) -> float:
+        """A rough wait: the recent mean request latency, scaled by the queue per slot."""
+        if not self._e2e:
+            return 1.0
+        estimate = statistics.fmean(self._e2e) * len(self._waiting) / self.max_batch
+        return min(max(estimate, 1.0), 60.0)

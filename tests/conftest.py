@@ -1,0 +1,99 @@
+"""Shared fixtures: store URLs (SQLite and real PostgreSQL) and a live uvicorn server.
+
+PostgreSQL tests use ``HATCHERY_TEST_DATABASE_URL`` and skip without it. When CI=true and the
+URL is set, an unreachable server fails the tests instead: CI must not go green by skipping.
+Each PostgreSQL test gets its own schema (via ``search_path``), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from core.config import Settings, load_settings
+from core.store.db import Store
+from tests.support.server import LiveServer
+
+PG_ENV = "HATCHERY_TEST_DATABASE_URL"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    return f"sqlite:///{tmp_path / 'hatchery.db'}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set: PostgreSQL tests skipped")
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, poolclass=NullPool)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        reason = f"PostgreSQL at {make_url(base).render_as_string()} is unreachable: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest) -> str:
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    store = Store(store_url)
+    store.create_schema()
+    try:
+        yield store
+    finally:
+        store.dispose()
+
+
+def make_settings(store_url: str, **overrides: Any) -> Settings:
+    """Test settings: the given store, fast heartbeats, two sample jobs at a time."""
+    base: dict[str, Any] = {
+        "store.url": store_url,
+        "executor.heartbeat_s": 0.5,
+        "executor.concurrency": {"sample": 2},
+    }
+    return load_settings(**(base | overrides))
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[[FastAPI], LiveServer]]:
+    """Start real uvicorn servers for apps: ``server = live_server(app); server.url``."""
+    servers: list[LiveServer] = []
+
+    def start(app: FastAPI) -> LiveServer:
+        server = LiveServer(app)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        server.stop()

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings, load_settings
+from core.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Settings in the developer's environment must not leak into these tests.
+    for name in list(os.environ):
+        if name.startswith("HATCHERY_") and "__" in name:
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = load_settings()
+    assert settings.server.model_dump() == {
+        "host": "127.0.0.1",
+        "port": 8000,
+        "max_body_bytes": 1048576,
+    }
+    assert settings.model.preload == ["bdh-shakespeare"]
+    assert settings.generation.max_tokens_limit == 4096
+    assert settings.store.url == "sqlite:///./data/hatchery.db"
+    assert settings.executor.concurrency == {"test": 2, "generator": 4, "benchmark": 1}
+    assert (settings.executor.heartbeat_s, settings.executor.max_attempts) == (5, 2)
+    assert settings.auth.enabled is False
+    assert settings.rate_limiting.storage == "memory://"
+    assert settings.cors.allow_origins == []
+    assert settings.logging.level == "INFO" and settings.logging.json_format is False
+    assert settings.outbound.allow_hosts == ["127.0.0.1", "localhost", "::1"]
+    assert settings.data_dir == "data"
+
+
+def test_layers_yaml_then_env_then_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write(
+        tmp_path,
+        "server: {host: 0.0.0.0, port: 9001}\nlogging: {json: true, level: debug}\n"
+        "auth: {enabled: true, api_keys: [from-yaml]}\n",
+    )
+    settings = load_settings(config)
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 9001)
+    assert settings.logging.json_format is True and settings.logging.level == "DEBUG"
+
+    monkeypatch.setenv("HATCHERY_SERVER__PORT", "9002")
+    monkeypatch.setenv("HATCHERY_AUTH__API_KEYS", '["k1", "k2"]')
+    settings = load_settings(config)
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 9002)
+    assert settings.auth.api_keys == ["k1", "k2"]
+
+    settings = load_settings(config, **{"server.port": 9003, "model.default": None})
+    assert settings.server.port == 9003 and settings.server.host == "0.0.0.0"
+    assert settings.model.default == "bdh-shakespeare"  # None means "flag not given"
+    assert load_settings(config, server={"max_body_bytes": 10}).server.port == 9002
+
+
+def test_unrelated_hatchery_env_vars_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HATCHERY_TEST_DATABASE_URL", "postgresql://elsewhere")
+    monkeypatch.setenv("HATCHERY_LOAD_TEST_SECONDS", "1")
+    assert load_settings().store.url.startswith("sqlite")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"serverr.port": 1}, "serverr: unknown setting"),
+        ({"server.bogus": 1}, "server.bogus: unknown setting"),
+        ({"cors.allow_origins": ["*"], "cors.allow_credentials": True}, "cannot be combined"),
+        ({"generation.max_n": 0}, "generation.max_n: Input should be greater than 0"),
+        ({"server.max_body_bytes": -1}, "server.max_body_bytes"),
+        ({"executor.concurrency": {"test": 0}}, "concurrency must be positive for: test"),
+        ({"executor.kind": "k8s"}, "executor.kind"),
+        ({"generation.max_tokens": 5000}, "must not exceed generation.max_tokens_limit"),
+        ({"auth.enabled": True}, "no auth.api_keys or auth.admin_keys"),
+        ({"auth.api_keys": ["sha256:abc"]}, "64 hex digits"),
+    ],
+)
+def test_invalid_settings_are_refused_clearly(overrides: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    assert expected in caught.value.message
+    assert caught.value.message.startswith("invalid settings")
+
+
+def test_unknown_keys_in_yaml_and_env_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match="modle: unknown setting"):
+        load_settings(write(tmp_path, "modle: {default: x}\n"))
+    monkeypatch.setenv("HATCHERY_SERVER__PROT", "1")
+    with pytest.raises(ConfigError, match=r"server\.prot: unknown setting"):
+        load_settings()
+
+
+def test_bad_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_settings(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path, "server: {port: [\n"))
+    assert load_settings(write(tmp_path, "")).server.port == 8000
+
+
+def test_settings_class_reads_env_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HATCHERY_STORE__URL", "postgresql+psycopg://db/x")
+    monkeypatch.setenv("HATCHERY_LOGGING__JSON", "true")
+    settings = Settings()
+    assert settings.store.url == "postgresql+psycopg://db/x"
+    assert settings.logging.json_format is True
