@@ -97,3 +97,57 @@ def live_server() -> Iterator[Callable[[FastAPI], LiveServer]]:
     yield start
     for server in reversed(servers):
         server.stop()
+
+
+SHIPPED_MODEL = "bdh-shakespeare"
+NANO_MODEL = "bdh-nano"
+
+
+def build_nano_model(seed: int = 0, scale: float = 5.0) -> Any:
+    """bdh-nano with weights scaled up so attention matters (std 0.02 is near-uniform)."""
+    import dataclasses
+
+    import torch
+
+    from core.engine import BDH
+    from core.engine.training import TEMPLATES
+
+    torch.manual_seed(seed)
+    model = BDH(dataclasses.replace(TEMPLATES["bdh-nano"].config, dropout=0.0))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(std=0.02 * scale)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A models directory with `bdh-nano` (random weights) and a copy of the shipped model.
+
+    Tests that change models copy this directory first; it is shared by the whole session.
+    """
+    import shutil
+    from pathlib import Path
+
+    from core.engine import ModelRegistry
+
+    directory = tmp_path_factory.mktemp("models")
+    registry = ModelRegistry(directory)
+    registry.register(NANO_MODEL, build_nano_model(), {"description": "test model"})
+    shipped = Path(__file__).resolve().parents[1] / "models" / SHIPPED_MODEL
+    if shipped.is_dir():
+        shutil.copytree(shipped, directory / SHIPPED_MODEL)
+    return directory
+
+
+def engine_settings(store_url: str, models_dir: Any, **overrides: Any) -> Settings:
+    """Settings for servers with a real engine on the test models (bdh-nano preloaded)."""
+    base: dict[str, Any] = {
+        "store.url": store_url,
+        "executor.heartbeat_s": 0.5,
+        "model.models_dir": str(models_dir),
+        "model.default": NANO_MODEL,
+        "model.preload": [NANO_MODEL],
+        "data_dir": str(models_dir.parent / "data"),
+    }
+    return load_settings(**(base | overrides))

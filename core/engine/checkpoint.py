@@ -107,7 +107,7 @@ def import_official(path: str | Path, n_layer: int) -> tuple[BDH, dict[str, Any]
     config = infer_config(state_dict, n_layer=n_layer)
     model = BDH(config)
     _load_exact(model, state_dict, source=str(path))
-    metadata = {"imported_from": Path(path).name}
+    metadata: dict[str, Any] = {"imported_from": Path(path).name}
     if isinstance(payload, dict) and isinstance(payload.get("step"), int):
         metadata["training"] = {"steps": payload["step"]}
     return model.eval(), metadata

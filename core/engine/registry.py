@@ -7,6 +7,7 @@ symlink, say) is refused, so an API caller can never make the server read an arb
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import shutil
@@ -124,7 +125,7 @@ class ModelRegistry:
             loaded=any(key[0] == name for key in self._loaded),
         )
 
-    def list(self) -> list[ModelInfo]:
+    def list(self) -> builtins.list[ModelInfo]:
         infos = []
         for name in self.names():
             try:
@@ -150,7 +151,7 @@ class ModelRegistry:
                 logger.info("loaded model %s on %s (%s)", name, dev, dt)
             return self._loaded[key]
 
-    def loaded_names(self) -> list[str]:
+    def loaded_names(self) -> builtins.list[str]:
         with self._lock:
             return sorted({key[0] for key in self._loaded})
 
