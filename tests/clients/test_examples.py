@@ -1,0 +1,78 @@
+"""The examples run as users run them: a subprocess each, against a real server, small sizes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from clients import ApiClient, RunResults
+from tests.clients.conftest import requires
+from tests.support.server import LiveServer
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=EXAMPLES.parent,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def clean(results: RunResults) -> bool:
+    report = results.result_dict() or {}
+    return results.succeeded and not report.get("failed") and not report.get("errored")
+
+
+@requires("generator", "test", "benchmark")
+def test_end_to_end(real: LiveServer) -> None:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    small = ["--template", "bdh-nano", "--steps", "3", "--batch-size", "2", "--block-size", "16"]
+    small += ["--lengths", "1,8", "--contexts", "8", "--new-tokens", "2", "--poll-interval", "0.1"]
+    done = run_example("end_to_end.py", "--base-url", real.url, "--name", name, *small)
+    output = done.stdout + done.stderr
+    assert "end to end" in done.stdout, output
+    for stage in ("create", "test smoke", "test consistency", "bench recurrent ctx=8"):
+        assert stage in done.stdout, output
+
+    # What the example reports is what the server recorded.
+    with ApiClient(real.url, typed_results=False) as client:
+        created = client.list_generation_runs(model=name)
+        tests = client.list_test_runs(model=name)
+        benches = client.list_benchmark_runs(model=name)
+        assert (created.count, tests.count, benches.count) == (1, 2, 1)
+        assert {run.kind for run in tests.data} == {"smoke", "consistency"}
+        outcomes = [client.get_test_results(run.id) for run in tests.data]
+    runs = [*created.data, *tests.data, *benches.data]
+    expected = (
+        0 if all(clean(r) for r in outcomes) and all(r.status == "succeeded" for r in runs) else 1
+    )
+    assert done.returncode == expected, output
+
+
+@requires("generator")
+def test_openai_sdk(real: LiveServer) -> None:
+    done = run_example(
+        "openai_sdk.py", "--base-url", real.url, "--model", "bdh-nano", "--max-tokens", "4"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "models:" in done.stdout and "bdh-nano" in done.stdout
+    assert "--- completion (4 tokens) ---" in done.stdout
+    assert "--- 4 tokens streamed ---" in done.stdout
+
+
+@requires("generator")
+def test_watch_run(real: LiveServer) -> None:
+    args = ["--component", "generator", "--model", "bdh-nano", "--max-tokens", "4"]
+    done = run_example("watch_run.py", "--base-url", real.url, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "started generator run" in done.stdout
+    assert "status -> running" in done.stdout and "status -> succeeded" in done.stdout
+    assert "ended: succeeded" in done.stdout
