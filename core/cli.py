@@ -1,14 +1,15 @@
-"""The `hatchery` command line: models, generation, and (later) servers and clients."""
+"""The `hatchery` command line: `serve`, `model ...` and `generate` (client commands join later)."""
 
 from __future__ import annotations
 
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -19,6 +20,64 @@ console = Console()
 
 ModelsDir = Annotated[Path, typer.Option(help="Directory of registered models.")]
 DataDir = Annotated[Path, typer.Option(help="Data directory (corpora, caches).")]
+
+
+ServeTarget = Literal["all", "test", "generator", "benchmark"]
+
+
+@app.command("serve")
+def serve(
+    target: Annotated[
+        ServeTarget, typer.Argument(help="Everything on one port, or one component alone.")
+    ] = "all",
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML settings file (see config.example.yaml).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+    model: Annotated[str | None, typer.Option(help="Default model, the one preloaded.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (one engine each).")] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="torch threads per worker; default: cores/2."),
+    ] = None,
+    graceful_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds open requests get on shutdown.")
+    ] = 10.0,
+    ws_ping_interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between WebSocket protocol pings.")
+    ] = 20.0,
+    ws_ping_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for a pong before closing.")
+    ] = 20.0,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
+    """Serve the API (uvicorn): settings = defaults < --config < HATCHERY_* env < flags."""
+    from core.errors import ConfigError
+    from unified_api.serve import resolve_options, run
+
+    try:
+        options, settings = resolve_options(
+            target,
+            str(config) if config is not None else None,
+            host=host,
+            port=port,
+            model=model,
+            threads=threads,
+            workers=workers,
+        )
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
+        raise typer.Exit(2) from exc
+    run(
+        options,
+        settings,
+        workers=workers,
+        graceful_timeout_s=graceful_timeout,
+        ws_ping_interval_s=ws_ping_interval,
+        ws_ping_timeout_s=ws_ping_timeout,
+        access_log=access_log,
+    )
 
 
 @model_app.command("create")

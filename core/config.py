@@ -36,6 +36,11 @@ class ModelSettings(BaseModel):
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     preload: list[str] = Field(default_factory=lambda: ["bdh-shakespeare"])
+    # torch intra-op CPU threads for this process; None keeps torch's default (one per core).
+    # `hatchery serve` picks max(1, cores // (2 * workers)) when this is None: the event loop,
+    # the store and the scheduler thread need CPU too, and small BDH models gain little from
+    # more threads (on a 2-core machine, 1 thread serves best).
+    threads: int | None = Field(None, gt=0)
 
 
 class GenerationSettings(BaseModel):
@@ -68,6 +73,8 @@ class ExecutorSettings(BaseModel):
     heartbeat_s: float = Field(5.0, gt=0)
     max_attempts: int = Field(2, gt=0)
     ray_address: str | None = None
+    # On shutdown, running jobs get this long to stop before they are re-queued.
+    grace_s: float = Field(10.0, gt=0)
 
     @field_validator("concurrency")
     @classmethod
@@ -104,11 +111,31 @@ class AuthSettings(BaseModel):
         return self
 
 
+RATE_LIMIT_STORAGE_SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "redis+unix",
+    "redis+cluster",
+    "redis+sentinel",
+)
+
+
 class RateLimitingSettings(BaseModel):
     model_config = _FORBID
     enabled: bool = False
     requests_per_minute: int = Field(600, gt=0)
+    # "memory://" counts per process; a Redis URL shares the counts between replicas.
     storage: str = "memory://"
+
+    @field_validator("storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        scheme, separator, _ = value.partition("://")
+        if not separator or scheme.removeprefix("async+") not in RATE_LIMIT_STORAGE_SCHEMES:
+            choices = ", ".join(f"{s}://" for s in RATE_LIMIT_STORAGE_SCHEMES)
+            raise ValueError(f"unsupported rate limit storage {value!r}: use one of {choices}")
+        return value
 
 
 class CorsSettings(BaseModel):

@@ -1,0 +1,1 @@
+"""The unified server (every component on one port) and `hatchery serve`."""

@@ -4,16 +4,26 @@ A component only *declares* itself (``ComponentSpec``: name, request and result 
 functions, extra routers); ``create_base_app`` wires the convention routes, the system routes,
 error handling, middleware and a lifespan that builds the engine, store, event bus, run service
 and executor once, on ``app.state``, reached through the dependencies in ``core.api.deps``.
+
+Requests pass the middleware in this order (outermost first)::
+
+    RequestId -> HttpMetrics -> CORS -> PublicFiles -> Auth -> RateLimit -> BodySizeLimit -> app
+
+so every answer carries a request id and is counted (refusals too), CORS preflights and the
+dashboard shell need no key, and rate limiting knows the caller's key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from anyio import to_thread
@@ -22,11 +32,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
 
 from core.api.errors import install_error_handlers
+from core.api.metrics import AppMetrics, HttpMetricsMiddleware
 from core.api.middleware import (
     BodySizeLimitMiddleware,
+    PublicFilesMiddleware,
     RequestIdMiddleware,
     install_request_id_in_logs,
 )
+from core.api.ratelimit import RateLimiter, RateLimitMiddleware
 from core.api.security import AuthMiddleware, KeyRing
 from core.api.system import build_system_router
 from core.config import Settings
@@ -78,6 +91,13 @@ def _default_engine_factory() -> EngineFactory:
     return factory
 
 
+def package_version() -> str:
+    try:
+        return metadata.version("hatchery")
+    except metadata.PackageNotFoundError:  # running from a source tree that was not installed
+        return "0.0.0+unknown"
+
+
 def create_base_app(
     settings: Settings,
     *,
@@ -85,16 +105,24 @@ def create_base_app(
     engine: Any = None,
     engine_factory: EngineFactory | None = None,
     title: str = "Hatchery",
-    version: str = "0.1.0",
+    version: str | None = None,
     event_queue_size: int = 1000,
     ping_interval_s: float = 15.0,
-    stop_grace_s: float = 10.0,
+    stop_grace_s: float | None = None,
     include_all_runs: bool = True,
+    routers: Sequence[APIRouter] = (),
+    public_files: Mapping[str, Path] | None = None,
+    public_redirects: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``components`` with the whole run convention.
 
     ``engine``: the shared model engine; when None it is built at start-up by
-    ``engine_factory`` (default: ``core.engine.build_engine`` if present, else no engine).
+    ``engine_factory`` (default: ``core.engine.build_engine`` if present, else no engine),
+    which is handed the app's metrics observer when it takes an ``observer`` argument.
+    ``routers``: app-level routes that belong to no component's run convention (``/v1``).
+    ``public_files`` / ``public_redirects``: static files served without a key (the dashboard
+    shell; see ``PublicFilesMiddleware``). ``stop_grace_s`` defaults to
+    ``executor.grace_s``.
     """
     install_request_id_in_logs()
     names = [spec.name for spec in components]
@@ -104,15 +132,26 @@ def create_base_app(
         engine=engine,
         engine_factory=engine_factory,
         event_queue_size=event_queue_size,
-        stop_grace_s=stop_grace_s,
+        stop_grace_s=settings.executor.grace_s if stop_grace_s is None else stop_grace_s,
     )
-    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app = FastAPI(title=title, version=version or package_version(), lifespan=lifespan)
     app.state.settings = settings
     app.state.components = tuple(components)
+    app.state.metrics = AppMetrics(app.state)
+    app.state.public_files = dict(public_files or {})
+    app.state.rate_limiter = (
+        RateLimiter(settings.rate_limiting) if settings.rate_limiting.enabled else None
+    )
     install_error_handlers(app)
-    _add_middleware(app, settings)
+    _add_middleware(app, settings, public_files or {}, public_redirects or {})
     app.include_router(build_system_router())
+    for extra in routers:
+        app.include_router(extra)
     for spec in components:
+        # A component's own routes go first: the first matching route serves a request, and
+        # e.g. /api/benchmark/results/{id}.csv must win over the convention's /results/{run_id}.
+        for extra in spec.routers:
+            app.include_router(extra)
         router = build_run_router(
             spec.name,
             spec.requests,
@@ -121,18 +160,24 @@ def create_base_app(
             ping_interval_s=ping_interval_s,
         )
         app.include_router(router)
-        for extra in spec.routers:
-            app.include_router(extra)
     if include_all_runs:
         app.include_router(build_all_runs_router())
     return app
 
 
-def _add_middleware(app: FastAPI, settings: Settings) -> None:
-    # Added innermost first: requests pass RequestId -> CORS -> Auth -> BodySizeLimit -> app,
-    # so refusals carry a request id and CORS headers, and preflights need no key.
+def _add_middleware(
+    app: FastAPI,
+    settings: Settings,
+    public_files: Mapping[str, Path],
+    public_redirects: Mapping[str, str],
+) -> None:
+    # add_middleware wraps what is there: added innermost first (see the module docstring).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    if app.state.rate_limiter is not None:
+        app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)
     app.add_middleware(AuthMiddleware, keyring=KeyRing.from_settings(settings.auth))
+    if public_files or public_redirects:
+        app.add_middleware(PublicFilesMiddleware, files=public_files, redirects=public_redirects)
     if settings.cors.allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -142,6 +187,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "Retry-After", "Location"],
         )
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
 
 
@@ -156,11 +202,16 @@ def _make_lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings: Settings = app.state.settings
         _warn_if_exposed(settings)
+        if settings.model.threads is not None:
+            await to_thread.run_sync(_set_torch_threads, settings.model.threads)
         owns_engine = engine is None
-        factory = engine_factory or _default_engine_factory()
-        app.state.engine = await to_thread.run_sync(factory, settings) if owns_engine else engine
         if owns_engine:
+            factory = engine_factory or _default_engine_factory()
+            observer = app.state.metrics.engine
+            app.state.engine = await to_thread.run_sync(_build_engine, factory, settings, observer)
             _preload_in_background(app.state.engine)
+        else:
+            app.state.engine = engine
         store = Store(settings.store.url)
         await to_thread.run_sync(store.create_schema)
         bus = EventBus(queue_size=event_queue_size)
@@ -178,10 +229,31 @@ def _make_lifespan(
         finally:
             await to_thread.run_sync(executor.stop, stop_grace_s)
             await to_thread.run_sync(store.dispose)
+            if app.state.rate_limiter is not None:
+                await app.state.rate_limiter.close()
             if owns_engine:
                 await to_thread.run_sync(_close, app.state.engine)
 
     return lifespan
+
+
+def _build_engine(factory: EngineFactory, settings: Settings, observer: Any) -> Any:
+    """Call the factory, handing it the metrics observer when it can take one."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: call it plainly
+        parameters = {}  # type: ignore[assignment]
+    if "observer" in parameters:
+        return factory(settings, observer=observer)  # type: ignore[call-arg]
+    return factory(settings)
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+        logger.info("torch uses %d CPU threads", threads)
 
 
 def _preload_in_background(engine: Any) -> None:

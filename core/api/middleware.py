@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids and the request-body size limit; request ids in logs.
+"""Pure ASGI middleware: request ids, the request-body size limit, public static files;
+request ids in logs and the process's logging set-up.
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming responses and WebSockets pass through
 untouched, and so the body limit is enforced while the body streams in, not after it was
@@ -11,12 +12,15 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
 from starlette.datastructures import MutableHeaders
+from starlette.responses import FileResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.api.errors import internal_error_response, platform_error_response
@@ -135,6 +139,56 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+PUBLIC_PATH_KEY = "hatchery.public_path"
+
+
+class PublicFilesMiddleware:
+    """Serves a few static files by exact path, before authentication (the dashboard shell).
+
+    Only files named up front are served (no directory lookups, so no traversal). They hold no
+    data: every call the page makes carries an API key like any other client, so with auth on
+    a browser can load the page and then ask for a key. ``redirects`` maps a bare path to its
+    slashed form (``/ui`` -> ``/ui/``) so the page's relative links resolve.
+    """
+
+    HEADERS = {
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": (
+            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+        ),
+    }
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        files: Mapping[str, Path],
+        redirects: Mapping[str, str] | None = None,
+    ) -> None:
+        self.app = app
+        self.files = dict(files)
+        self.redirects = dict(redirects or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in self.redirects or path in self.files:
+            scope[PUBLIC_PATH_KEY] = path  # the "route template" metrics label it under
+        if path in self.redirects:
+            target = scope.get("root_path", "") + self.redirects[path]
+            await RedirectResponse(target, status_code=307)(scope, receive, send)
+        elif path in self.files:
+            response = FileResponse(self.files[path], headers=self.HEADERS)
+            await response(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 # Logging -----------------------------------------------------------------------------------

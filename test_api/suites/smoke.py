@@ -98,7 +98,7 @@ class _SmokeChecks:
             if not torch.isfinite(p).all()
         }
         expect(not bad, "weights hold NaN or inf", non_finite=bad)
-        largest = max(float(p.abs().max()) for p in lm.model.parameters())
+        largest = max(float(p.detach().abs().max()) for p in lm.model.parameters())
         return {"max_abs_weight": largest}
 
     @torch.no_grad()

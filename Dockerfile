@@ -1,0 +1,56 @@
+# syntax=docker/dockerfile:1
+# Hatchery: the unified server (or one component: `hatchery serve generator`) on port 8000.
+#
+#   docker build -t hatchery .                                   # CPU torch (default)
+#   docker build -t hatchery:cuda \
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 \
+#     --build-arg TORCH_VERSION=2.6.0 .                          # CUDA wheels (bundle the runtime)
+#   docker run -p 8000:8000 hatchery                             # add --gpus all for CUDA
+#
+# PYTHON_IMAGE picks another base (e.g. an nvidia/cuda image with Python 3.11 installed).
+
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.13.0
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# torch first, from the chosen index, in its own layer: it is by far the largest and changes least.
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+
+COPY pyproject.toml README.md ./
+COPY core ./core
+COPY test_api ./test_api
+COPY generator_api ./generator_api
+COPY benchmark_api ./benchmark_api
+COPY unified_api ./unified_api
+COPY clients ./clients
+RUN pip install .
+
+COPY models ./models
+COPY config.example.yaml ./
+
+RUN useradd --create-home --uid 10001 hatchery \
+    && mkdir -p /app/data \
+    && chown hatchery:hatchery /app/data
+USER hatchery
+VOLUME ["/app/data"]
+
+# Inside a container the server must listen beyond loopback; publish the port deliberately,
+# and turn auth on (HATCHERY_AUTH__ENABLED, HATCHERY_AUTH__API_KEYS) anywhere it is reachable.
+ENV HATCHERY_SERVER__HOST=0.0.0.0 \
+    HATCHERY_SERVER__PORT=8000
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('HATCHERY_SERVER__PORT', '8000'), timeout=4)" || exit 1
+
+# Exec form: the server is PID 1 and gets SIGTERM directly (graceful, bounded shutdown).
+CMD ["hatchery", "serve", "all"]

@@ -1,0 +1,142 @@
+"""Per-caller rate limiting with the ``limits`` library: 429 with ``Retry-After``.
+
+The caller is the API key (its digest-prefix id) when auth is on, else the client address, so
+one noisy key cannot starve the others. Requests are counted in a moving one-minute window,
+``rate_limiting.requests_per_minute`` per caller. Storage is per process by default
+(``memory://``); a Redis URL (``redis://host:6379``) shares the counts between replicas.
+
+The limiter is asynchronous end to end (``limits.aio``), so a Redis round-trip never blocks the
+event loop. When the storage fails (Redis down) requests are let through and a warning is
+logged: a broken limiter must not take the whole API down with it.
+
+WebSocket handshakes count as requests; a refused one is accepted and closed with code 4429
+(a close before accepting would reach the client as a bare 403).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from core.api.errors import platform_error_response
+from core.api.security import PUBLIC_PATHS, Principal
+from core.config import RateLimitingSettings
+from core.errors import RateLimited
+
+logger = logging.getLogger(__name__)
+
+WS_CLOSE_RATE_LIMITED = 4429
+_KEY_PREFIX = "hatchery"
+_WARN_EVERY_S = 60.0  # at most one "storage failed" warning a minute
+
+
+def async_storage_uri(storage: str) -> str:
+    """``redis://…`` -> ``async+redis://…``: the settings name the store, we pick the driver."""
+    return storage if storage.startswith("async+") else f"async+{storage}"
+
+
+class RateLimiter:
+    """The per-app limiter: the window item, and the storage opened on first use."""
+
+    def __init__(self, settings: RateLimitingSettings) -> None:
+        self.item: RateLimitItem = RateLimitItemPerMinute(settings.requests_per_minute)
+        self.storage_uri = async_storage_uri(settings.storage)
+        self._storage: Any = None
+        self._strategy: MovingWindowRateLimiter | None = None
+        self._last_warning = -math.inf
+
+    def _limiter(self) -> MovingWindowRateLimiter:
+        if self._strategy is None:
+            options: dict[str, Any] = {"key_prefix": _KEY_PREFIX}
+            if "redis" in self.storage_uri:
+                options["implementation"] = "redispy"  # redis-py is installed; coredis is not
+            self._storage = storage_from_string(self.storage_uri, **options)
+            self._strategy = MovingWindowRateLimiter(self._storage)
+        return self._strategy
+
+    async def hit(self, identity: str) -> float | None:
+        """Count one request; None when allowed, else the seconds until it would be."""
+        try:
+            limiter = self._limiter()
+            if await limiter.hit(self.item, identity):
+                return None
+            stats = await limiter.get_window_stats(self.item, identity)
+        except Exception:
+            self._warn_storage_failed()
+            return None
+        return max(1.0, stats.reset_time - time.time())
+
+    def _warn_storage_failed(self) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_S:
+            self._last_warning = now
+            logger.warning(
+                "rate limit storage %s failed; letting requests through",
+                self.storage_uri,
+                exc_info=True,
+            )
+
+    async def close(self) -> None:
+        """Release the storage's connections and timers (call in the app's shutdown)."""
+        storage, self._storage, self._strategy = self._storage, None, None
+        if storage is None:
+            return
+        timer = getattr(storage, "timer", None)  # the memory storage's expiry task
+        if timer is not None:
+            timer.cancel()
+        client = getattr(getattr(storage, "bridge", None), "storage", None)
+        close = getattr(client, "aclose", None)
+        if callable(close):
+            try:
+                await close()
+            except Exception:
+                logger.warning("closing the rate limit storage failed", exc_info=True)
+
+
+def caller_identity(scope: Scope) -> str:
+    """The API key id when authenticated, else the client address."""
+    principal = scope.get("state", {}).get("principal")
+    if isinstance(principal, Principal) and principal.key_id is not None:
+        return f"key:{principal.key_id}"
+    client = scope.get("client")
+    return f"ip:{client[0]}" if client else "ip:unknown"
+
+
+class RateLimitMiddleware:
+    """Refuses callers over their budget; sits inside authentication (it needs the key)."""
+
+    def __init__(self, app: ASGIApp, *, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        retry_after = await self.limiter.hit(caller_identity(scope))
+        if retry_after is None:
+            await self.app(scope, receive, send)
+            return
+        error = RateLimited(
+            f"rate limit of {self.limiter.item.amount} requests per minute exceeded",
+            retry_after=retry_after,
+        )
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": WS_CLOSE_RATE_LIMITED,
+                    "reason": f"rate limited; retry after {error.headers['Retry-After']} s",
+                }
+            )
+            return
+        await platform_error_response(error)(scope, receive, send)

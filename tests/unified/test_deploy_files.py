@@ -1,0 +1,116 @@
+"""Dockerfile and docker-compose.yml agree with the settings (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from core.config import load_settings
+from unified_api.serve import TARGET_MODULES
+
+ROOT = Path(__file__).resolve().parents[2]
+HATCHERY_SERVICES = {
+    "hatchery": "all",
+    "test": "test",
+    "generator": "generator",
+    "benchmark": "benchmark",
+}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    joined = re.sub(r"\\\n", " ", text)
+    instructions = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def interpolate(value: Any) -> Any:
+    """Compose's ${NAME:-default} with nothing set: the defaults."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    return value
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text("utf-8"))
+    return data
+
+
+def test_dockerfile_builds_a_non_root_cpu_image_serving_on_8000() -> None:
+    instructions = dockerfile_instructions()
+    by_keyword: dict[str, list[str]] = {}
+    for keyword, rest in instructions:
+        by_keyword.setdefault(keyword, []).append(rest)
+    args = dict(arg.split("=", 1) for arg in by_keyword["ARG"])
+    assert args["PYTHON_IMAGE"].startswith("python:3.11") and "slim" in args["PYTHON_IMAGE"]
+    assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")  # CPU torch unless told otherwise
+    assert by_keyword["FROM"] == ["${PYTHON_IMAGE}"]
+    assert any("${TORCH_INDEX_URL}" in run and "torch==" in run for run in by_keyword["RUN"])
+    assert any("pip install ." in run for run in by_keyword["RUN"])
+    user = by_keyword["USER"][-1]
+    assert user not in ("root", "0")
+    assert any("useradd" in run and user in run for run in by_keyword["RUN"])
+    copied = {shlex.split(c)[0] for c in by_keyword["COPY"]}
+    assert {"models", "core", "unified_api", "pyproject.toml"} <= copied
+    assert by_keyword["EXPOSE"] == [str(load_settings().server.port)]
+    healthcheck = by_keyword["HEALTHCHECK"][0]
+    assert "/health" in healthcheck and "CMD" in healthcheck
+    assert json.loads(by_keyword["CMD"][-1]) == ["hatchery", "serve", "all"]  # exec form: PID 1
+    # The last USER comes after every RUN that needs root.
+    keywords = [keyword for keyword, _ in instructions]
+    assert max(i for i, k in enumerate(keywords) if k == "RUN") < keywords.index("USER")
+
+
+@pytest.mark.parametrize("service", list(HATCHERY_SERVICES))
+def test_compose_services_agree_with_the_settings(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = compose()["services"][service]
+    target = HATCHERY_SERVICES[service]
+    assert spec["command"] == ["hatchery", "serve", target] and target in TARGET_MODULES
+    environment = {key: interpolate(str(value)) for key, value in spec["environment"].items()}
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()  # every variable is a real, valid setting
+    assert settings.server.host == "0.0.0.0"
+    assert settings.store.url.startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in settings.store.url
+    assert settings.rate_limiting.enabled and settings.rate_limiting.storage.startswith(
+        "redis://redis:"
+    )
+    host_port, container_port = spec["ports"][0].split(":")
+    assert int(container_port) == settings.server.port == int(host_port)
+    assert f"127.0.0.1:{settings.server.port}/health" in " ".join(spec["healthcheck"]["test"])
+    assert spec["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert spec["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_has_postgres_and_redis_with_health_checks() -> None:
+    services = compose()["services"]
+    ports = [services[name]["ports"][0] for name in HATCHERY_SERVICES]
+    assert len(set(ports)) == len(ports)  # each server on its own port
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    user = postgres["environment"]["POSTGRES_USER"]
+    database = postgres["environment"]["POSTGRES_DB"]
+    store_url = interpolate(services["hatchery"]["environment"]["HATCHERY_STORE__URL"])
+    password = interpolate(postgres["environment"]["POSTGRES_PASSWORD"])
+    assert store_url.endswith(f"://{user}:{password}@postgres:5432/{database}")
+    assert services["redis"]["image"].startswith("redis:")
+    assert "ping" in services["redis"]["healthcheck"]["test"]
+    assert services["hatchery"].get("profiles") is None  # the unified server always runs
+    for name in ("test", "generator", "benchmark"):
+        assert services[name]["profiles"] == ["components"]

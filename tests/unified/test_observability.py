@@ -1,0 +1,142 @@
+"""/metrics, /info, /stats and /ready against real servers."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.engine import ModelRegistry
+from tests.conftest import build_nano_model, make_settings
+from tests.support.sample_component import create_app as create_sample_app
+from tests.support.server import LiveServer
+from tests.unified.helpers import installed_components, nano_settings, wait_ready
+from unified_api.app import create_app
+
+LiveServerFactory = Callable[[FastAPI], LiveServer]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text page: (name, sorted labels) -> value."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(page: dict, name: str, **labels: str) -> float:
+    return page.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_for_status(client: httpx.Client, path: str, status: str) -> None:
+    deadline = time.monotonic() + 20
+    while client.get(path).json()["status"] != status:
+        assert time.monotonic() < deadline, f"{path} never became {status}"
+        time.sleep(0.02)
+
+
+def test_http_and_run_metrics_by_route_template(
+    store_url: str, live_server: LiveServerFactory
+) -> None:
+    server = live_server(create_sample_app(make_settings(store_url)))
+    with httpx.Client(base_url=server.url) as client:
+        ok = client.post("/api/sample/run", json={"kind": "chatty", "events": 1}).json()
+        failing = client.post("/api/sample/run", json={"kind": "fail"}).json()
+        wait_for_status(client, f"/api/sample/status/{ok['id']}", "succeeded")
+        wait_for_status(client, f"/api/sample/status/{failing['id']}", "failed")
+        assert client.get("/api/sample/status/unknown").status_code == 404
+        assert client.get("/no/such/path").status_code == 404
+        assert client.delete("/health").status_code == 405
+        page = samples(client.get("/metrics").text)
+        stats = client.get("/stats").json()
+
+    requests = "hatchery_http_requests_total"
+    template = "/api/sample/status/{run_id}"
+    assert value(page, requests, method="POST", route="/api/sample/run", status="202") == 2
+    assert value(page, requests, method="GET", route=template, status="200") >= 2
+    assert value(page, requests, method="GET", route=template, status="404") == 1
+    assert value(page, requests, method="GET", route="<unmatched>", status="404") == 1
+    assert value(page, requests, method="DELETE", route="/health", status="405") == 1
+    assert not [key for key in page if "unknown" in str(key) or "/no/such" in str(key)]
+    duration = "hatchery_http_request_duration_seconds_count"
+    assert value(page, duration, method="POST", route="/api/sample/run") == 2
+    assert value(page, "hatchery_runs", component="sample", status="succeeded") == 1
+    assert value(page, "hatchery_runs", component="sample", status="failed") == 1
+    assert value(page, "hatchery_store_up") == 1
+    assert stats["runs"] == {"sample": {"succeeded": 1, "failed": 1}}
+    assert stats["engine"] is None
+    assert stats["process"]["memory_rss_bytes"] > 0 and stats["process"]["threads"] >= 1
+
+
+def test_generation_metrics_after_a_completion(
+    tmp_path: Path, models_dir: Path, live_server: LiveServerFactory
+) -> None:
+    if "generator" not in installed_components():
+        pytest.skip("the generator component (its /v1 routes) is not written yet")
+    server = live_server(create_app(nano_settings(tmp_path, models_dir)))
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        wait_ready(client)
+        before = samples(client.get("/metrics").text)
+        assert value(before, "hatchery_time_to_first_token_seconds_count") == 0
+        completion = client.post(
+            "/v1/completions",
+            json={"model": "bdh-nano", "prompt": "Hello", "max_tokens": 6, "temperature": 0},
+        )
+        assert completion.status_code == 200, completion.text
+        usage = completion.json()["usage"]
+        page = samples(client.get("/metrics").text)
+        stats = client.get("/stats").json()
+        info = client.get("/info").json()
+
+    assert value(page, "hatchery_time_to_first_token_seconds_count") == 1
+    assert value(page, "hatchery_e2e_request_latency_seconds_count") == 1
+    # One inter-token gap per token after the first.
+    assert (
+        value(page, "hatchery_inter_token_latency_seconds_count") == usage["completion_tokens"] - 1
+    )
+    assert value(page, "hatchery_prompt_tokens_total") == usage["prompt_tokens"]
+    assert value(page, "hatchery_generation_tokens_total") == usage["completion_tokens"]
+    assert value(page, "hatchery_engine_running", model="bdh-nano") == 0
+    assert value(page, "hatchery_engine_waiting", model="bdh-nano") == 0
+    assert value(page, "hatchery_engine_ready") == 1
+    completions = value(
+        page, "hatchery_http_requests_total", method="POST", route="/v1/completions", status="200"
+    )
+    assert completions == 1
+    nano = stats["engine"]["models"]["bdh-nano"]
+    assert nano["total_requests"] == 1 and nano["tokens_generated"] == usage["completion_tokens"]
+    assert stats["engine"]["ready"] is True
+    assert info["features"]["openai"] is True and info["default_model"] == "bdh-nano"
+
+
+def test_ready_is_503_until_the_preloaded_model_is_loaded(
+    tmp_path: Path, models_dir: Path, live_server: LiveServerFactory
+) -> None:
+    own_models = tmp_path / "models"
+    shutil.copytree(models_dir / "bdh-nano", own_models / "bdh-nano")
+    settings = nano_settings(tmp_path, own_models, **{"model.preload": ["late-model"]})
+    app = create_app(settings)
+    server = live_server(app)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        not_ready = client.get("/ready")
+        assert not_ready.status_code == 503
+        assert not_ready.json()["error"]["code"] == "not_ready"
+        assert client.get("/health").status_code == 200
+        page = samples(client.get("/metrics").text)
+        assert value(page, "hatchery_engine_ready") == 0
+
+        ModelRegistry(own_models).register("late-model", build_nano_model(seed=1), {})
+        app.state.engine.scheduler("late-model")  # what a first request would do
+        assert client.get("/ready").json() == {"status": "ready", "store": True, "engine": True}
+        info = client.get("/info").json()
+        assert {m["name"]: m["loaded"] for m in info["models"]} == {
+            "bdh-nano": False,
+            "late-model": True,
+        }
