@@ -13,9 +13,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clients.cli import bench_app, runs_app, test_app
+
 app = typer.Typer(help="Hatchery: test, generate with, and benchmark BDH models.")
 model_app = typer.Typer(help="Create, import and list models.")
 app.add_typer(model_app, name="model")
+app.add_typer(test_app, name="test")
+app.add_typer(bench_app, name="bench")
+app.add_typer(runs_app, name="runs")
 console = Console()
 
 ModelsDir = Annotated[Path, typer.Option(help="Directory of registered models.")]
