@@ -164,7 +164,7 @@ def test_a_dropped_answer_to_a_completion_is_not_resent(
 def test_ws_monitor_resumes_after_a_dropped_connection(
     make_client: Callable[..., Any], standin: LiveServer, proxy: TcpProxy
 ) -> None:
-    run_id = submit(standin.url, "test", {"kind": "chatty", "events": 40, "delay_s": 0.01})
+    run_id = submit(standin.url, "test", {"kind": "chatty", "events": 40, "delay_s": 0.05})
     client = make_client(proxy.url, retry=FAST)
     events = []
     for event in client.monitor_test_ws(run_id):

@@ -36,7 +36,9 @@ def test_fifty_writers_never_see_database_locked(
         store = stores[index % STORES]
         own_run = _running_run(store)
         try:
-            while time.monotonic() < deadline:
+            # Every writer must get at least one turn: a writer that busy_timeout gave up on
+            # would raise "database is locked", which is what this test looks for.
+            while time.monotonic() < deadline or writes[index] == 0:
                 # Mostly appends to the writer's own run, some to one run shared by all,
                 # some brand-new runs: the read-then-write transactions the platform makes.
                 target = shared_run if writes[index] % 4 == 0 else own_run
@@ -63,7 +65,6 @@ def test_fifty_writers_never_see_database_locked(
             f"{total} write transactions, {total / elapsed:.0f} writes/s, {len(errors)} errors"
         )
     assert not errors, f"{len(errors)} writer errors, first: {errors[0]!r}"
-    assert min(writes) > 0, "a writer was starved"
     with stores[0].read_session() as session:
         seqs = [e.seq for e in crud.events_after(session, run_id=shared_run, after=0, limit=10**6)]
     assert seqs == list(range(1, len(seqs) + 1))

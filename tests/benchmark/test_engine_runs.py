@@ -1,0 +1,281 @@
+"""Engine benchmark runs through a real server on bdh-nano: rows, views, compare, cancel."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import struct
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from benchmark_api.app import create_app
+from benchmark_api.engine_bench import TrafficModel
+from core.engine import ModelRegistry
+from tests.benchmark.conftest import (
+    TERMINAL,
+    TINY_ENGINE,
+    events,
+    results,
+    run_to_end,
+    submit,
+    wait_for,
+)
+from tests.conftest import NANO_MODEL, SHIPPED_MODEL, engine_settings
+
+SWEEP: dict[str, Any] = {
+    "kind": "engine",
+    "model": "bdh-nano",
+    "batch_sizes": [1, 2],
+    "context_lengths": [16, 256],
+    "new_tokens": 4,
+    "modes": ["recurrent", "recompute"],
+    "repeats": 2,
+    "warmup": 1,
+    "bandwidth_mb": 8,
+}
+SPREADS = ("prefill_tokens_per_s", "ttft_ms", "tpot_ms", "decode_tokens_per_s")
+
+
+@pytest.fixture(scope="module")
+def sweep(bench_server: Any) -> Iterator[dict[str, Any]]:
+    """One engine sweep, shared by the tests that read its result."""
+    with httpx.Client(base_url=bench_server.url, timeout=30) as client:
+        yield run_to_end(client, SWEEP)
+
+
+def test_sweep_returns_every_row_with_plausible_figures(sweep: dict[str, Any]) -> None:
+    result = sweep["result"]
+    rows = result["rows"]
+    combos = set(itertools.product(SWEEP["modes"], SWEEP["batch_sizes"], SWEEP["context_lengths"]))
+    assert {(r["mode"], r["batch_size"], r["context"]) for r in rows} == combos
+    assert len(rows) == len(combos)
+    for row in rows:
+        assert row["status"] == "measured"
+        assert row["repeats"] == SWEEP["repeats"]
+        for name in SPREADS:
+            spread = row[name]
+            assert 0 < spread["min"] <= spread["median"] <= spread["max"], (name, row)
+        assert row["peak_memory_mb"] > 0
+        assert row["bytes_per_token"] > 0
+        assert row["roofline_fraction"] > 0
+    summary = result["summary"]
+    assert summary["complete"] and summary["measured"] == len(rows) == summary["planned_rows"]
+    env = result["environment"]
+    assert env["bandwidth_gb_s"] > 0
+    assert env["torch_version"] == torch.__version__
+    assert env["cores"] >= 1 and env["device"] == "cpu" and env["model"] == NANO_MODEL
+
+
+def test_recompute_is_slower_than_recurrent_at_the_longest_context(
+    sweep: dict[str, Any],
+) -> None:
+    rows = sweep["result"]["rows"]
+    longest = max(SWEEP["context_lengths"])
+    for batch in SWEEP["batch_sizes"]:
+        tpot = {
+            r["mode"]: r["tpot_ms"]["median"]
+            for r in rows
+            if r["context"] == longest and r["batch_size"] == batch
+        }
+        assert tpot["recompute"] > tpot["recurrent"], (batch, tpot)
+    ratio = sweep["result"]["summary"]["recompute_vs_recurrent"]
+    assert ratio["context"] == longest and ratio["tpot_ratio"] > 1
+
+
+def test_traffic_model_and_roofline_follow_their_definitions(
+    sweep: dict[str, Any], models_dir: Any
+) -> None:
+    config = ModelRegistry(models_dir).info(NANO_MODEL).config
+    traffic = TrafficModel.of(config, torch.float32)
+    weights = 4 * (
+        config.n_layer * 3 * config.n_head * config.n_embd * config.neurons_per_head
+        + 2 * config.vocab_size * config.n_embd
+    )
+    state = 4 * config.n_layer * config.n_head * config.neurons_per_head * config.n_embd
+    bandwidth = sweep["result"]["environment"]["bandwidth_gb_s"] * 1e9
+    for row in sweep["result"]["rows"]:
+        per_step = weights + (2 * state * row["batch_size"] if row["mode"] == "recurrent" else 0)
+        assert row["bytes_per_token"] == pytest.approx(per_step / row["batch_size"])
+        assert traffic.bytes_per_token(row["batch_size"], row["mode"]) == pytest.approx(
+            row["bytes_per_token"]
+        )
+        achieved = row["bytes_per_token"] * row["decode_tokens_per_s"]["median"]
+        assert row["roofline_fraction"] == pytest.approx(achieved / bandwidth, rel=1e-6)
+
+
+def test_metric_events_for_every_row(client: httpx.Client, sweep: dict[str, Any]) -> None:
+    found = events(client, sweep["run"]["id"])
+    metrics = [e["data"] for e in found if e["type"] == "metric"]
+    decode = [m for m in metrics if m["name"] == "decode_tokens_per_s"]
+    assert sorted(m["step"] for m in decode) == list(range(len(sweep["result"]["rows"])))
+    for metric in decode:
+        row = sweep["result"]["rows"][metric["step"]]
+        assert metric["value"] == pytest.approx(row["decode_tokens_per_s"]["median"])
+        assert metric["unit"] == "tokens/s" and metric["labels"]["mode"] == row["mode"]
+    assert found[-1]["type"] == "status" and found[-1]["data"]["status"] == "succeeded"
+    assert any(e["type"] == "progress" for e in found)
+
+
+def test_png_and_svg_plots_are_valid_images(client: httpx.Client, sweep: dict[str, Any]) -> None:
+    run_id = sweep["run"]["id"]
+    png = client.get(f"/api/benchmark/results/{run_id}/plot.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert_png(png.content)
+    svg = client.get(f"/api/benchmark/results/{run_id}/plot.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    assert_svg(svg.content, expect_text="decode throughput")
+
+
+def assert_png(data: bytes) -> None:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, chunk = struct.unpack(">I4s", data[8:16])
+    width, height = struct.unpack(">II", data[16:24])
+    assert chunk == b"IHDR" and length == 13 and width > 100 and height > 100
+    assert data[-8:-4] == b"IEND"
+
+
+def assert_svg(data: bytes, expect_text: str) -> None:
+    root = ET.fromstring(data)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert float(root.attrib["width"].removesuffix("pt")) > 0
+    assert expect_text in data.decode()
+
+
+def test_csv_export_parses_and_matches_the_json(
+    client: httpx.Client, sweep: dict[str, Any]
+) -> None:
+    run_id = sweep["run"]["id"]
+    response = client.get(f"/api/benchmark/results/{run_id}.csv")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    assert f"benchmark-{run_id}.csv" in response.headers["content-disposition"]
+    records = list(csv.DictReader(io.StringIO(response.text)))
+    rows = sweep["result"]["rows"]
+    assert len(records) == len(rows)
+    for record, row in zip(records, rows, strict=True):
+        assert record["mode"] == row["mode"] and int(record["context"]) == row["context"]
+        for name in SPREADS:
+            assert float(record[name]) == pytest.approx(row[name]["median"], rel=1e-5)
+            assert float(record[f"{name}_max"]) == pytest.approx(row[name]["max"], rel=1e-5)
+        assert float(record["roofline_fraction"]) == pytest.approx(
+            row["roofline_fraction"], rel=1e-5
+        )
+
+
+def test_view_routes_refuse_unknown_and_unfinished_runs(client: httpx.Client) -> None:
+    for path in ("/plot.png", "/plot.svg", ".csv"):
+        response = client.get(f"/api/benchmark/results/{'0' * 32}{path}")
+        assert response.status_code == 404, (path, response.text)
+        assert response.json()["error"]["code"] == "run_not_found"
+    # The convention's own results route still answers beside the .csv route.
+    response = client.get(f"/api/benchmark/results/{'0' * 32}")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "run_not_found"
+
+
+def test_compare_matches_rows_and_gives_ratios(client: httpx.Client, sweep: dict[str, Any]) -> None:
+    other = run_to_end(client, TINY_ENGINE | {"context_lengths": [16, 256], "batch_sizes": [1, 4]})
+    a, b = sweep["run"]["id"], other["run"]["id"]
+    response = client.get("/api/benchmark/compare", params={"ids": f"{a},{b}"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["kind"] == "engine" and body["baseline"] == a
+    assert [run["id"] for run in body["runs"]] == [a, b]
+    shared = [row for row in body["rows"] if set(row["values"]) == {a, b}]
+    # Matched on (mode, batch, context, new tokens, dtype): recurrent b=1 at 16 and 256.
+    assert {(r["params"]["batch_size"], r["params"]["context"]) for r in shared} == {
+        (1, 16),
+        (1, 256),
+    }
+    for row in shared:
+        assert row["params"]["mode"] == "recurrent"
+        for metric in body["metrics"]:
+            value, base = row["values"][b][metric], row["values"][a][metric]
+            assert row["ratios"][b][metric] == pytest.approx(value / base)
+    only_one = [row for row in body["rows"] if len(row["values"]) == 1]
+    assert only_one and all(row["ratios"] == {} for row in only_one)
+
+
+def test_compare_refuses_bad_id_lists(client: httpx.Client, sweep: dict[str, Any]) -> None:
+    a = sweep["run"]["id"]
+    single = client.get("/api/benchmark/compare", params={"ids": a})
+    assert single.status_code == 400 and single.json()["error"]["param"] == "ids"
+    unknown = client.get("/api/benchmark/compare", params={"ids": f"{a},{'f' * 32}"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "run_not_found"
+    many = ",".join(f"{i:032x}" for i in range(11))
+    too_many = client.get("/api/benchmark/compare", params={"ids": many})
+    assert too_many.status_code == 400 and too_many.json()["error"]["code"] == "limit_exceeded"
+
+
+def test_cancel_mid_sweep_keeps_the_rows_measured_so_far(client: httpx.Client) -> None:
+    long_sweep = TINY_ENGINE | {
+        "context_lengths": [16, 32, 64, 128],
+        "batch_sizes": [1, 2, 3, 4, 5],
+        "new_tokens": 256,
+        "repeats": 5,
+    }
+    planned = 20
+    run_id = submit(client, long_sweep)
+    wait_for(client, run_id, lambda run: run["progress"] > 0 or run["status"] in TERMINAL)
+    cancelled = client.post(f"/api/benchmark/cancel/{run_id}")
+    assert cancelled.status_code == 200
+    body = results(client, run_id)
+    assert body["run"]["status"] == "cancelled", body["run"]
+    assert body["run"]["error"]["code"] == "cancelled"
+    partial = body["result"]
+    assert partial is not None and partial["summary"]["complete"] is False
+    assert 1 <= len(partial["rows"]) < planned == partial["summary"]["planned_rows"]
+    for row in partial["rows"]:
+        assert row["decode_tokens_per_s"]["median"] > 0
+    # Views work on the partial result too.
+    assert client.get(f"/api/benchmark/results/{run_id}.csv").status_code == 200
+
+
+def test_runs_list_filters_by_kind(client: httpx.Client, sweep: dict[str, Any]) -> None:
+    listed = client.get("/api/benchmark/runs", params={"kind": "engine"}).json()
+    assert sweep["run"]["id"] in {run["id"] for run in listed["data"]}
+    assert all(run["kind"] == "engine" for run in listed["data"])
+
+
+def test_engine_run_on_each_store(store_url: str, models_dir: Any, live_server: Any) -> None:
+    server = live_server(create_app(engine_settings(store_url, models_dir)))
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        body = run_to_end(client, TINY_ENGINE | {"modes": ["recurrent", "recompute"]})
+    assert [row["mode"] for row in body["result"]["rows"]] == ["recurrent", "recompute"]
+    assert all(math.isfinite(r["tpot_ms"]["median"]) for r in body["result"]["rows"])
+
+
+def test_missing_model_fails_the_run_with_model_not_found(client: httpx.Client) -> None:
+    body = results(client, submit(client, TINY_ENGINE | {"model": "no-such-model"}))
+    assert body["run"]["status"] == "failed"
+    assert body["run"]["error"]["code"] == "model_not_found"
+
+
+def test_shipped_model_sweep(client: httpx.Client, models_dir: Any) -> None:
+    if not (models_dir / SHIPPED_MODEL).is_dir():
+        pytest.skip(f"{SHIPPED_MODEL} is not in the repository yet (models/{SHIPPED_MODEL})")
+    body = run_to_end(
+        client,
+        TINY_ENGINE
+        | {"model": SHIPPED_MODEL, "context_lengths": [64], "modes": ["recurrent", "recompute"]},
+    )
+    rows = body["result"]["rows"]
+    assert body["result"]["environment"]["parameters"] > 500_000
+    assert all(r["status"] == "measured" and r["decode_tokens_per_s"]["median"] > 0 for r in rows)
+
+
+def test_dtype_sweep_models_each_dtypes_traffic(client: httpx.Client) -> None:
+    body = run_to_end(client, TINY_ENGINE | {"dtypes": ["float32", "bfloat16"]})
+    rows = {row["dtype"]: row for row in body["result"]["rows"]}
+    assert set(rows) == {"float32", "bfloat16"}
+    assert all(row["decode_tokens_per_s"]["median"] > 0 for row in rows.values())
+    # Same state traffic (float32 either way), half the weight bytes.
+    assert rows["bfloat16"]["state_memory_mb"] == rows["float32"]["state_memory_mb"]
+    assert rows["bfloat16"]["bytes_per_token"] < rows["float32"]["bytes_per_token"]
+    assert body["result"]["environment"]["dtypes"] == ["float32", "bfloat16"]
