@@ -1,0 +1,1 @@
+"""The Generator component: OpenAI-compatible serving, text and model-creation runs."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from core.config import load_settings
 from core.engine.sequence import TokenLogprob
 from core.errors import InvalidRequest, PlatformError
 from generator_api.openai_protocol import ChatCompletionRequest, CompletionRequest
 from generator_api.openai_render import OffsetTracker, completion_logprobs
+from generator_api.schemas import ModelRunRequest, TextRunRequest
 from generator_api.service import TokenBuffer
 from generator_api.templates import DEFAULT_CHAT_TEMPLATE, model_templates, render_chat
 
@@ -108,6 +110,18 @@ def test_unsupported_chat_fields_are_named(update: dict[str, object], param: str
     with pytest.raises(InvalidRequest) as caught:
         ChatCompletionRequest.model_validate(body).to_sampling_params(SETTINGS)
     assert caught.value.code == "unsupported_parameter" and caught.value.param == param
+
+
+def test_run_requests_refuse_text_the_store_cannot_keep() -> None:
+    with pytest.raises(ValidationError):
+        TextRunRequest(prompts=["a\x00b"])
+    with pytest.raises(ValidationError):
+        TextRunRequest(prompts=["a"], stop=["\x00"])
+    with pytest.raises(ValidationError):
+        ModelRunRequest(name="m", text="a\x00b")
+    buffer = TokenBuffer()
+    buffer.add(0, 0, "a\x00b", None)  # a model may well generate byte 0
+    assert buffer.drain()[0][1]["text"] == "a\ufffdb"
 
 
 def test_token_buffer_merges_per_choice_and_keeps_everything() -> None:
