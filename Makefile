@@ -24,7 +24,8 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m benchmark_api.make_bench
+	$(PY) -m benchmark_api.make_bench --threads 1
+	$(PY) -m generator_api.serving_bench
 
 lint: setup
 	$(VENV)/bin/ruff check .

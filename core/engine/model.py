@@ -197,24 +197,26 @@ class BDH(nn.Module):
         """Advance B sequences by one token each; `positions` (B,) may all differ.
 
         Reads and updates `state` (n_layer, B, nh, N, D) in place; returns logits (B, V).
+        Every product is a flat or per-head batched matmul, so no weight is ever broadcast
+        (copied) per sequence; the state is the only per-sequence traffic.
         """
         B = tokens.size(0)
         C = self.config
         D, nh, N = C.n_embd, C.n_head, C.neurons_per_head
-        phases = positions.to(torch.float32).view(B, 1, 1, 1) * self.freqs.view(1, 1, 1, N)
+        phases = positions.to(torch.float32).view(B, 1, 1) * self.freqs.view(1, 1, N)  # (B, 1, N)
+        # The same weights serve every layer: lay the encoder out as one (D, nh*N) matrix once.
+        encoder = self.encoder.permute(1, 0, 2).reshape(D, nh * N)  # (D, nh*N)
 
-        x = layer_norm(self.embed(tokens).view(B, 1, 1, D))  # (B, 1, 1, D)
+        x = layer_norm(self.embed(tokens))  # (B, D)
         for layer in range(C.n_layer):
-            S = state[layer]  # (B, nh, N, D) float32
-            xs = F.relu(x @ self.encoder)  # (B, nh, 1, N)
-            q32 = rope(phases, xs).float()  # (B, nh, 1, N)
-            x32 = x.float()  # (B, 1, 1, D)
-            a = q32 @ S  # (B, nh, 1, D): reads the state before this token is added
-            # S += q^T x, in place, as one batched rank-1 update per (sequence, head).
-            S.view(B * nh, N, D).baddbmm_(
-                q32.reshape(B * nh, N, 1), x32.expand(B, nh, 1, D).reshape(B * nh, 1, D)
-            )
-            ys = F.relu(layer_norm(a.to(x.dtype)) @ self.encoder_v)  # (B, nh, 1, N)
-            m = (xs * ys).transpose(1, 2).reshape(B, 1, 1, nh * N) @ self.decoder  # (B, 1, 1, D)
-            x = layer_norm(x + layer_norm(m))  # (B, 1, 1, D)
-        return x.view(B, D) @ self.lm_head  # (B, V)
+            S = state[layer].view(B * nh, N, D)  # float32
+            xs = F.relu(x @ encoder).view(B, nh, N)  # (B, nh, N)
+            q32 = rope(phases, xs).float().view(B * nh, 1, N)  # (B*nh, 1, N)
+            x32 = x.float().view(B, 1, 1, D).expand(B, nh, 1, D).reshape(B * nh, 1, D)
+            a = torch.bmm(q32, S)  # (B*nh, 1, D): reads the state before this token is added
+            S.baddbmm_(q32.mT, x32)  # S += q^T x in place, one rank-1 update per (seq, head)
+            a = layer_norm(a.view(B, nh, D).to(x.dtype))  # (B, nh, D)
+            ys = F.relu(torch.bmm(a.transpose(0, 1), self.encoder_v)).transpose(0, 1)  # (B, nh, N)
+            m = (xs * ys).reshape(B, nh * N) @ self.decoder  # (B, D)
+            x = layer_norm(x + layer_norm(m))  # (B, D)
+        return x @ self.lm_head  # (B, V)
