@@ -106,11 +106,18 @@ def _add_submit_route(
         if kind not in jobs:
             raise InvalidRequest(f"unknown {component} kind {kind!r}", param="kind")
         model = getattr(request, "model", None)
+        params = request.model_dump(mode="json")
+        nul_at = find_nul(params)
+        if nul_at is not None:
+            # PostgreSQL's JSONB cannot hold U+0000; refuse it on every store alike.
+            raise InvalidRequest(
+                "strings must not contain the NUL character (U+0000)", param=nul_at, status_code=422
+            )
         create = functools.partial(
             service.create,
             component=component,
             kind=str(kind),
-            params=request.model_dump(mode="json"),
+            params=params,
             model=model if isinstance(model, str) else None,
             owner=principal.owner,
             idempotency_key=idempotency_key,
@@ -205,6 +212,26 @@ def build_all_runs_router() -> APIRouter:
 
 
 # Declarations -> types --------------------------------------------------------------------
+
+
+def find_nul(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (key or value) holding U+0000, else None."""
+    if isinstance(value, str):
+        return path or "body" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = find_nul(item, where)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = find_nul(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _request_types(requests: Any) -> tuple[Any, ...]:

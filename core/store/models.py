@@ -18,7 +18,35 @@ from sqlalchemy import JSON, DateTime, Index, String, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+class PortableJSON(TypeDecorator[Any]):
+    """JSON (JSONB on PostgreSQL). U+0000, which JSONB cannot hold, is stored as U+FFFD.
+
+    Requests holding NUL are refused at submission (core.runs.router), so this only ever
+    touches generated text, where a NUL byte is shown as the replacement character anyway.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return _without_nul(value)
+
+
+JSONType = PortableJSON()
 
 
 def new_id() -> str:

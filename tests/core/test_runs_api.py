@@ -293,3 +293,9 @@ def test_unexpected_errors_are_a_logged_500_that_leaks_nothing(
     assert response.headers["X-Request-ID"] == "req-boom"
     logged = [r for r in caplog.records if r.exc_info and "secret internals" in str(r.exc_info[1])]
     assert len(logged) == 1 and getattr(logged[0], "request_id", None) == "req-boom"
+
+
+def test_nul_in_a_request_is_refused_with_422(client: httpx.Client) -> None:
+    response = submit(client, {"kind": "fail", "message": "bad\x00byte"})
+    body = assert_error(response, 422, "invalid_request")
+    assert body["param"] == "message"

@@ -210,3 +210,13 @@ def test_ping(store: Store) -> None:
     unreachable = Store("postgresql+psycopg://nobody@127.0.0.1:1/x")
     assert not unreachable.ping()
     unreachable.dispose()
+
+
+def test_nul_characters_are_stored_as_replacement_on_every_store(store: Store) -> None:
+    """PostgreSQL's JSONB cannot hold U+0000: generated text with a NUL must still be kept."""
+    run_id = new_run(store)
+    with store.write_session() as session:
+        crud.append_event(session, run_id=run_id, type="token", data={"text": "a\x00b", "k\x00": 1})
+    with store.read_session() as session:
+        events = crud.events_after(session, run_id=run_id, after=1)
+    assert [e.data for e in events] == [{"text": "a\ufffdb", "k\ufffd": 1}]
