@@ -4,22 +4,28 @@ Each measurement builds a random context of `context` bytes per sequence, times 
 (time to first token), then times `new_tokens` single-token decode steps for the whole batch.
 `recompute` re-runs the full forward over the growing sequence for every new token, which is
 what the official `generate` does; `recurrent` advances the fixed-size state.
+
+Beside the timings this module models the memory traffic of a decode step (`TrafficModel`)
+and measures the machine's copy bandwidth (`copy_bandwidth`), so that a decode speed can be
+put against the memory-bandwidth roofline measured in the same run.
 """
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import psutil
 import torch
 
-from core.engine.model import BDH
+from core.engine.model import BDH, BDHConfig
 
 Mode = Literal["recurrent", "recompute"]
+Check = Callable[[], None]
+STATE_BYTES_PER_FLOAT = 4  # the recurrent state is float32 whatever the weights' dtype
 
 
 @dataclass
@@ -40,6 +46,10 @@ class DecodeMeasurement:
     def tpot_ms(self) -> float:
         """Median time per output token (per decode step of the batch)."""
         return statistics.median(self.step_s) * 1000
+
+    @property
+    def mean_step_s(self) -> float:
+        return statistics.fmean(self.step_s)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -66,10 +76,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return psutil.Process().memory_info().rss / 2**20
+def _no_check() -> None:
+    return None
+
+
+class _MemoryWatch:
+    """Peak memory of one measurement: CUDA's allocator peak, else the sampled process RSS."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._process = psutil.Process()
+        self.peak_bytes = 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def sample(self) -> None:
+        if self.device.type != "cuda":
+            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return self.peak_bytes / 2**20
 
 
 @torch.no_grad()
@@ -82,38 +111,47 @@ def measure_decode(
     mode: Mode = "recurrent",
     seed: int = 0,
     prefill_chunk: int = 256,
+    check_cancelled: Check | None = None,
 ) -> DecodeMeasurement:
+    """Time one prefill of `context` bytes and `new_tokens` decode steps of the batch.
+
+    `check_cancelled` is called between prefill chunks and between decode steps; it stops the
+    measurement by raising.
+    """
+    if mode not in ("recurrent", "recompute"):
+        raise ValueError(f"unknown mode {mode!r}")
+    check = check_cancelled or _no_check
     device = model.lm_head.device
     generator = torch.Generator().manual_seed(seed)
     V = model.config.vocab_size
     idx = torch.randint(0, V, (batch_size, context), generator=generator).to(device)
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    memory = _MemoryWatch(device)
     _sync(device)
     started = time.perf_counter()
     if mode == "recurrent":
-        logits, state = model.prefill(idx, chunk_size=prefill_chunk)
-    elif mode == "recompute":
-        logits = model(idx)[0][:, -1]
+        logits, state = _prefill(model, idx, prefill_chunk, check)
     else:
-        raise ValueError(f"unknown mode {mode!r}")
+        check()
+        logits, state = model(idx)[0][:, -1], None
     _sync(device)
     prefill_s = time.perf_counter() - started
+    memory.sample()
 
     steps: list[float] = []
     for i in range(new_tokens):
+        check()
         token = logits.argmax(dim=-1)  # (B,)
         _sync(device)
         t0 = time.perf_counter()
-        if mode == "recurrent":
+        if state is not None:
             positions = torch.full((batch_size,), context + i, device=device)
-            logits = model.decode_step(token, positions, state)
+            logits = model.decode_step(token, positions, state)  # (B, V)
         else:
-            idx = torch.cat([idx, token[:, None]], dim=1)
-            logits = model(idx)[0][:, -1]
+            idx = torch.cat([idx, token[:, None]], dim=1)  # (B, T + 1)
+            logits = model(idx)[0][:, -1]  # (B, V)
         _sync(device)
         steps.append(time.perf_counter() - t0)
+        memory.sample()
     return DecodeMeasurement(
         mode=mode,
         batch_size=batch_size,
@@ -121,5 +159,139 @@ def measure_decode(
         new_tokens=new_tokens,
         prefill_s=prefill_s,
         step_s=steps,
-        peak_memory_mb=_memory_mb(device),
+        peak_memory_mb=memory.peak_mb,
     )
+
+
+def _prefill(
+    model: BDH, idx: torch.Tensor, chunk: int, check: Check
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`model.prefill`, chunk by chunk, so that a cancellation lands between chunks."""
+    B, T = idx.size()
+    state = model.new_state(B, idx.device)  # (L, B, nh, N, D) float32
+    logits = None
+    for begin in range(0, T, chunk):
+        check()
+        logits = model.prefill_chunk(idx[:, begin : begin + chunk], state, begin)[:, -1]
+    assert logits is not None, "a context of at least one token is required"
+    return logits, state  # (B, V), state
+
+
+def measure_repeats(
+    model: BDH,
+    *,
+    batch_size: int,
+    context: int,
+    new_tokens: int,
+    mode: Mode,
+    repeats: int,
+    warmup: int = 0,
+    seed: int = 0,
+    prefill_chunk: int = 256,
+    check_cancelled: Check | None = None,
+) -> list[DecodeMeasurement]:
+    """`warmup` untimed measurements, then `repeats` timed ones (each with its own context)."""
+    results = []
+    for i in range(warmup + repeats):
+        measurement = measure_decode(
+            model,
+            batch_size=batch_size,
+            context=context,
+            new_tokens=new_tokens,
+            mode=mode,
+            seed=seed + i,
+            prefill_chunk=prefill_chunk,
+            check_cancelled=check_cancelled,
+        )
+        if i >= warmup:
+            results.append(measurement)
+    return results
+
+
+# Memory traffic and the roofline ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrafficModel:
+    """Bytes a decode step must move, as a memory-bound kernel would move them.
+
+    Every layer reads all shared weights (encoder, encoder_v, decoder) once for the whole
+    batch; the embedding and lm_head are read once per step. A recurrent sequence also reads
+    and writes its float32 state once per step. Recompute keeps no state (and is compute-bound,
+    so its roofline fraction is small by nature).
+    """
+
+    weight_bytes_per_step: int
+    state_bytes_per_sequence: int
+
+    @classmethod
+    def of(cls, config: BDHConfig, dtype: torch.dtype) -> TrafficModel:
+        nh, D, N, V = config.n_head, config.n_embd, config.neurons_per_head, config.vocab_size
+        element = torch.empty((), dtype=dtype).element_size()
+        per_layer = 3 * nh * D * N  # encoder + encoder_v + decoder
+        weights = (config.n_layer * per_layer + 2 * V * D) * element  # + embed, lm_head
+        return cls(
+            weight_bytes_per_step=weights,
+            state_bytes_per_sequence=config.state_numel() * STATE_BYTES_PER_FLOAT,
+        )
+
+    def bytes_per_step(self, batch_size: int, mode: Mode) -> int:
+        state_traffic = 2 * self.state_bytes_per_sequence if mode == "recurrent" else 0
+        return self.weight_bytes_per_step + batch_size * state_traffic
+
+    def bytes_per_token(self, batch_size: int, mode: Mode) -> float:
+        return self.bytes_per_step(batch_size, mode) / batch_size
+
+
+def memory_needed(
+    config: BDHConfig,
+    *,
+    batch_size: int,
+    context: int,
+    new_tokens: int,
+    mode: Mode,
+    prefill_chunk: int = 256,
+) -> int:
+    """Rough peak bytes of one measurement beyond the weights, float32.
+
+    Recompute holds the (B, nh, T, T) attention scores (and their masked copy) of the full
+    sequence; recurrent holds the state plus one prefill chunk's scores and activations.
+    """
+    nh, D, N = config.n_head, config.n_embd, config.neurons_per_head
+    if mode == "recompute":
+        T = context + new_tokens
+        return 4 * batch_size * nh * (2 * T * T + 4 * T * N + T * D)
+    C = min(prefill_chunk, context)
+    state = config.state_numel() * STATE_BYTES_PER_FLOAT
+    return batch_size * (state + 4 * nh * (2 * C * C + 4 * C * N + C * D))
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the device can still give: free CUDA memory, else available system memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return int(psutil.virtual_memory().available)
+
+
+def copy_bandwidth(
+    device: torch.device, *, size_bytes: int = 256 * 2**20, repeats: int = 5
+) -> float:
+    """The device's memory bandwidth in bytes/s: median over `repeats` tensor copies.
+
+    A copy reads and writes `size_bytes` each, so it moves twice that.
+    """
+    n = max(1, size_bytes // 4)
+    source = torch.ones(n, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)  # first touch: page faults and allocator warm-up stay out of the timing
+    timings = []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        target.copy_(source)
+        _sync(device)
+        timings.append(time.perf_counter() - started)
+    moved = 2 * n * source.element_size()
+    del source, target
+    return moved / max(statistics.median(timings), 1e-12)

@@ -2,7 +2,8 @@
 
 Streams one chunk per requested token (`"a"`, with a short sleep before each), then a usage
 chunk when `stream_options.include_usage` is set, then `data: [DONE]`. `fail_every=k` answers
-every k-th request (1-based) with a 500 and the OpenAI error body.
+every k-th request (1-based) with a 500 and the OpenAI error body; `garbled=True` streams a
+chunk that is not JSON.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def _usage(prompt: str, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def fake_openai_router(*, token_delay_s: float = 0.001, fail_every: int = 0) -> APIRouter:
+def fake_openai_router(
+    *, token_delay_s: float = 0.001, fail_every: int = 0, garbled: bool = False
+) -> APIRouter:
     router = APIRouter()
     counter = itertools.count(1)
 
@@ -59,6 +62,8 @@ def fake_openai_router(*, token_delay_s: float = 0.001, fail_every: int = 0) -> 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[str]:
+            if garbled:
+                yield 'data: {"choices": [\n\n'
             for index in range(tokens):
                 await asyncio.sleep(token_delay_s)
                 finish = "length" if index == tokens - 1 else None

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from benchmark_api.app import create_app
-from benchmark_api.engine_bench import TrafficModel
+from benchmark_api.engine_bench import TrafficModel, free_memory, memory_needed
+from benchmark_api.service import MEMORY_SHARE
 from core.engine import ModelRegistry
 from tests.benchmark.conftest import (
     TERMINAL,
@@ -279,3 +280,33 @@ def test_dtype_sweep_models_each_dtypes_traffic(client: httpx.Client) -> None:
     assert rows["bfloat16"]["state_memory_mb"] == rows["float32"]["state_memory_mb"]
     assert rows["bfloat16"]["bytes_per_token"] < rows["float32"]["bytes_per_token"]
     assert body["result"]["environment"]["dtypes"] == ["float32", "bfloat16"]
+
+
+def test_rows_too_big_for_the_memory_are_skipped(client: httpx.Client, models_dir: Any) -> None:
+    config = ModelRegistry(models_dir).info(NANO_MODEL).config
+    big = {
+        "modes": ["recompute"],
+        "batch_sizes": [32],
+        "context_lengths": [8000],
+        "recompute_max_context": 8192,
+    }
+    need = memory_needed(config, batch_size=32, context=8000, new_tokens=4, mode="recompute")
+    if need <= MEMORY_SHARE * free_memory(torch.device("cpu")):
+        pytest.skip("this machine has the memory for the row: it would run for a long time")
+    body = run_to_end(client, TINY_ENGINE | big)
+    (row,) = body["result"]["rows"]
+    assert row["status"] == "skipped" and "GB" in row["note"]
+    assert row["decode_tokens_per_s"] is None
+    assert body["result"]["summary"]["skipped"] == 1
+
+
+def test_memory_estimate_grows_as_each_mode_does(models_dir: Any) -> None:
+    config = ModelRegistry(models_dir).info(NANO_MODEL).config
+
+    def need(mode: str, context: int, batch: int = 1) -> int:
+        return memory_needed(config, batch_size=batch, context=context, new_tokens=0, mode=mode)  # type: ignore[arg-type]
+
+    # Recompute: quadratic in the sequence; recurrent: flat beyond one prefill chunk.
+    assert need("recompute", 4096) > 3.5 * need("recompute", 2048)
+    assert need("recurrent", 4096) == need("recurrent", 2048)
+    assert need("recurrent", 256, batch=4) == 4 * need("recurrent", 256)

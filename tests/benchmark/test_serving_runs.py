@@ -166,6 +166,14 @@ def test_unusable_endpoint_fails_the_run(client: httpx.Client, fake_openai: Live
     assert "404" in body["run"]["error"]["message"]
 
 
+def test_a_garbled_stream_fails_the_run_cleanly(client: httpx.Client, live_server: Any) -> None:
+    garbled = live_server(fake_openai_app(garbled=True))
+    body = results(client, submit(client, serving(f"{garbled.url}/v1")))
+    assert body["run"]["status"] == "failed"
+    assert body["run"]["error"]["code"] == "endpoint_error"
+    assert "JSONDecodeError" in body["run"]["error"]["message"]
+
+
 def test_url_outside_the_allow_list_is_400(client: httpx.Client) -> None:
     response = client.post("/api/benchmark/run", json=serving("http://example.com/v1"))
     assert response.status_code == 400, response.text

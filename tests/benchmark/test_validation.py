@@ -143,3 +143,19 @@ def test_jobs_recheck_the_settings_of_their_worker(
     assert body["run"]["status"] == "failed"
     assert body["run"]["error"]["code"] == "limit_exceeded"
     assert body["result"] is None
+
+
+def test_openapi_documents_the_benchmark_routes(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    operations = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
+    assert {
+        "benchmark_run",
+        "benchmark_results",
+        "benchmark_plot_png",
+        "benchmark_plot_svg",
+        "benchmark_results_csv",
+        "benchmark_compare",
+    } <= operations
+    assert "/api/benchmark/results/{run_id}.csv" in spec["paths"]
+    schemas = spec["components"]["schemas"]
+    assert {"EngineBenchRequest", "ServingBenchRequest", "CompareResponse"} <= set(schemas)

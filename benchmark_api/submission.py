@@ -1,0 +1,75 @@
+"""What request validation may know of the server a request came in through.
+
+Some checks of a benchmark request need the server: limits from its settings
+(`generation.max_batch`, the outbound allow-list, ...) and defaults such as "this server's
+/v1". The run convention validates the body before any hook of ours runs, so a pure ASGI
+middleware puts the server's settings and its own root URL in a context variable for the
+duration of each HTTP request; the request models read it while they validate. Where no such
+middleware is installed (or outside a request: the executor re-reading stored params), the
+models skip those checks and the job runs them instead, against its worker's settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from benchmark_api.outbound import root_url
+from core.config import Settings
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The server a request came in through: its settings and its own root URL."""
+
+    settings: Settings
+    server_url: str | None
+
+
+_current: ContextVar[Submission | None] = ContextVar("hatchery_benchmark_submission", default=None)
+
+
+def current_submission() -> Submission | None:
+    """The server of the request being validated; None outside requests."""
+    return _current.get()
+
+
+@contextmanager
+def submitting(submission: Submission) -> Iterator[None]:
+    token = _current.set(submission)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+class SubmissionContextMiddleware:
+    """Pure ASGI (so the variable is set in the task that validates the body)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with submitting(Submission(self.settings, server_url_from_scope(scope))):
+            await self.app(scope, receive, send)
+
+
+def server_url_from_scope(scope: Scope) -> str | None:
+    """This server's root URL as seen by the socket the request arrived on.
+
+    Not the Host header: the client chooses that, and it must not pick where the server
+    sends its load.
+    """
+    server = scope.get("server")
+    if not server or server[1] is None:
+        return None
+    scheme = "https" if scope.get("scheme") == "https" else "http"
+    return root_url(scheme, str(server[0]), int(server[1]))
