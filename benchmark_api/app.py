@@ -4,9 +4,8 @@
 
 Runs: `POST /api/benchmark/run` with `kind` `engine` or `serving` (benchmark_api.schemas);
 beside them the plot, CSV and comparison routes of `SPEC.routers` (benchmark_api.views).
-A server that mounts `SPEC` should also call `install_submission_context` so that the checks
-that need the server's settings answer 400 at submission (benchmark_api.submission); without
-it the same checks fail the run when it starts.
+Checks that need the server's settings answer 400 at submission on any server built by
+`create_base_app` (core.api.submission); jobs repeat them against their worker's settings.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from fastapi import FastAPI
 from benchmark_api.results import RESULT_MODELS
 from benchmark_api.schemas import BenchmarkRequest
 from benchmark_api.service import JOBS
-from benchmark_api.submission import SubmissionContextMiddleware
 from benchmark_api.views import build_views_router
 from core.api.app import ComponentSpec, create_base_app
 from core.config import Settings, load_settings
@@ -30,14 +28,7 @@ SPEC = ComponentSpec(
 )
 
 
-def install_submission_context(app: FastAPI, settings: Settings) -> None:
-    """Let request validation see this server's settings and address."""
-    app.add_middleware(SubmissionContextMiddleware, settings=settings)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The Benchmark component alone, with the same paths as in the unified server."""
     settings = settings or load_settings()
-    app = create_base_app(settings, components=[SPEC], title="Hatchery Benchmark")
-    install_submission_context(app, settings)
-    return app
+    return create_base_app(settings, components=[SPEC], title="Hatchery Benchmark")

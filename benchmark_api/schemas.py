@@ -7,7 +7,7 @@ hard caps below or over the server's settings (`generation.max_batch`,
 `base_url` off the outbound allow-list — are refused with `InvalidRequest` (400) naming the
 field, raised from the validators so that `POST /api/benchmark/run` answers before any run
 exists. The settings checks (and the defaults "the server's model", "this server's /v1") need
-the server, which `benchmark_api.submission` provides during a request; jobs repeat
+the server, which `core.api.submission` provides during a request; jobs repeat
 `check_settings` against their worker's settings.
 """
 
@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from benchmark_api.outbound import check_url_allowed, default_base_url
 from benchmark_api.results import Mode
-from benchmark_api.submission import current_submission
+from core.api.outbound import check_url, default_base_url
+from core.api.submission import current_submission
 from core.config import Settings
 from core.engine.registry import InvalidModelNameError, validate_model_name
 from core.errors import InvalidRequest
@@ -279,7 +279,7 @@ class ServingBenchRequest(BaseModel):
             "prompt_bytes",
             "generation.max_prompt_bytes",
         )
-        check_url_allowed(self.target(settings), settings)
+        check_url(self.target(settings), settings.outbound.allow_hosts)
 
     def target(self, settings: Settings) -> str:
         """The OpenAI base URL to load: the one given, else this server's."""

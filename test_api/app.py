@@ -1,9 +1,8 @@
 """The Test component: model test suites as runs, plus ``GET /api/test/suites``.
 
 ``SPEC`` is what the unified server mounts; ``create_app`` serves the component alone. Either
-way, the server must also install ``SubmissionContextMiddleware`` (``install_submission_context``)
-so that ``POST /api/test/run`` can reject a ``base_url`` outside the allow-list with 400 and fill
-in defaults from the server's settings; without it the same checks happen in the job instead.
+way ``POST /api/test/run`` rejects a ``base_url`` outside the allow-list with 400 and fills in
+defaults from the server's settings (``core.api.submission``, installed by ``create_base_app``).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from fastapi import APIRouter, FastAPI
 
 from core.api.app import ComponentSpec, create_base_app
 from core.config import Settings, load_settings
-from test_api.outbound import SubmissionContextMiddleware
 from test_api.schemas import SuitesPublic, TestReport, TestRequest
 from test_api.service import JOBS, suite_catalogue
 
@@ -45,14 +43,7 @@ SPEC = ComponentSpec(
 )
 
 
-def install_submission_context(app: FastAPI, settings: Settings) -> None:
-    """Let request validation see this server's settings and address (see test_api.outbound)."""
-    app.add_middleware(SubmissionContextMiddleware, settings=settings)
-
-
 def create_app(settings: Settings | None = None, **options: Any) -> FastAPI:
     """The Test component alone, with the same paths as in the unified server."""
     settings = settings or load_settings()
-    app = create_base_app(settings, components=[SPEC], title="Hatchery Test", **options)
-    install_submission_context(app, settings)
-    return app
+    return create_base_app(settings, components=[SPEC], title="Hatchery Test", **options)

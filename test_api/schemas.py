@@ -6,7 +6,7 @@ suites that load a registry model also take ``device`` and ``dtype`` (default: t
 
 Defaults that depend on the server — the model (``settings.model.default``) and, for the
 endpoint suite, ``base_url`` (this server's ``/v1``) — are filled in at submission time when the
-request arrives through the server (see ``test_api.outbound``), so the stored run says exactly
+request arrives through the server (see ``core.api.submission``), so the stored run says exactly
 what was tested; otherwise the job fills them in from the settings.
 """
 
@@ -18,8 +18,9 @@ from typing import Annotated, Any, ClassVar, Literal
 import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.api.outbound import UrlNotAllowed, check_url
+from core.api.submission import current_submission
 from core.engine.sampling import MAX_STOP_STRINGS, SamplingParams
-from test_api.outbound import UrlNotAllowed, check_url, current_submission
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$"

@@ -7,10 +7,12 @@ and executor once, on ``app.state``, reached through the dependencies in ``core.
 
 Requests pass the middleware in this order (outermost first)::
 
-    RequestId -> HttpMetrics -> CORS -> PublicFiles -> Auth -> RateLimit -> BodySizeLimit -> app
+    RequestId -> HttpMetrics -> CORS -> PublicFiles -> Auth -> RateLimit -> BodySizeLimit
+        -> SubmissionContext -> app
 
 so every answer carries a request id and is counted (refusals too), CORS preflights and the
-dashboard shell need no key, and rate limiting knows the caller's key.
+dashboard shell need no key, rate limiting knows the caller's key, and request validation sees
+this server's settings and address (``core.api.submission``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from core.api.middleware import (
 )
 from core.api.ratelimit import RateLimiter, RateLimitMiddleware
 from core.api.security import AuthMiddleware, KeyRing
+from core.api.submission import SubmissionContextMiddleware
 from core.api.system import build_system_router
 from core.config import Settings
 from core.runs.context import JobFn
@@ -172,6 +175,7 @@ def _add_middleware(
     public_redirects: Mapping[str, str],
 ) -> None:
     # add_middleware wraps what is there: added innermost first (see the module docstring).
+    app.add_middleware(SubmissionContextMiddleware, settings=settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     if app.state.rate_limiter is not None:
         app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
+from core.api.outbound import check_url, default_base_url
 from core.errors import PlatformError
 from test_api.cases import Case, CaseFailed, CaseSkipped, Details, Plan, SuiteEnv, clip, expect
-from test_api.outbound import check_url, server_url_from_settings
 from test_api.schemas import EndpointRequest
 from test_api.suites.openai_checks import (
     Completion,
@@ -52,8 +52,9 @@ USER_AGENT = "hatchery-test-endpoint/0.1"
 
 
 def plan(env: SuiteEnv, request: EndpointRequest) -> Plan:
-    default = server_url_from_settings(env.settings) + "/v1"
-    base_url = check_url(request.base_url or default, env.settings.outbound.allow_hosts)
+    base_url = check_url(
+        request.base_url or default_base_url(env.settings), env.settings.outbound.allow_hosts
+    )
     client = httpx.Client(
         timeout=request.request_timeout_s,
         follow_redirects=False,

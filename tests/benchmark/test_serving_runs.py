@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmark_api.app import SPEC, install_submission_context
+from benchmark_api.app import SPEC
 from core.api.app import create_base_app
 from tests.benchmark.conftest import events, results, run_to_end, submit, wait_for
 from tests.benchmark.fake_openai import fake_openai_app, fake_openai_router
@@ -201,7 +201,6 @@ def test_default_base_url_is_this_server(
     protocol-only stand-in mounted beside the benchmark routes)."""
     settings = engine_settings(sqlite_url, models_dir)
     app = create_base_app(settings, components=[SPEC], routers=[fake_openai_router()])
-    install_submission_context(app, settings)
     server = live_server(app)
     with httpx.Client(base_url=server.url, timeout=30) as client:
         body = serving("", concurrency=[2], num_requests=4)

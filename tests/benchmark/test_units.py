@@ -14,7 +14,6 @@ from benchmark_api import plots
 from benchmark_api.compare import RunResult, compare
 from benchmark_api.engine_bench import copy_bandwidth, measure_repeats
 from benchmark_api.environment import describe
-from benchmark_api.outbound import check_url_allowed, default_base_url
 from benchmark_api.reports import engine_summary, serving_summary
 from benchmark_api.results import EngineResult, EngineRow, ServingResult, Spread
 from benchmark_api.schemas import EngineBenchRequest, ServingBenchRequest
@@ -24,8 +23,9 @@ from benchmark_api.serving_bench import (
     make_prompts,
     summarize_level,
 )
-from benchmark_api.submission import Submission, current_submission, submitting
 from benchmark_api.tables import columns, to_csv
+from core.api.outbound import check_url, default_base_url
+from core.api.submission import Submission, current_submission, submitting
 from core.config import load_settings
 from core.errors import InvalidRequest
 from tests.conftest import build_nano_model
@@ -90,13 +90,13 @@ def test_default_base_url_and_allow_list() -> None:
     assert default_base_url(settings) == "http://127.0.0.1:8123/v1"
     ipv6 = load_settings(server={"host": "::1", "port": 9})
     assert default_base_url(ipv6) == "http://[::1]:9/v1"
-    check_url_allowed("http://[::1]:9/v1", ipv6)
-    check_url_allowed("http://LOCALHOST:9/v1", settings)
+    check_url("http://[::1]:9/v1", ipv6.outbound.allow_hosts)
+    check_url("http://LOCALHOST:9/v1", settings.outbound.allow_hosts)
     with pytest.raises(InvalidRequest) as refused:
-        check_url_allowed("http://example.com/v1", settings)
+        check_url("http://example.com/v1", settings.outbound.allow_hosts)
     assert refused.value.code == "url_not_allowed" and refused.value.status_code == 400
     anywhere = load_settings(outbound={"allow_hosts": ["*"]})
-    check_url_allowed("https://example.com/v1", anywhere)
+    check_url("https://example.com/v1", anywhere.outbound.allow_hosts)
 
 
 def _row(mode: str, batch: int, context: int, tpot: float) -> EngineRow:

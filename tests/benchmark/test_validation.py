@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from benchmark_api.app import SPEC
+from benchmark_api.schemas import EngineBenchRequest
 from core.api.app import create_base_app
-from tests.benchmark.conftest import TINY_ENGINE, results, submit
+from tests.benchmark.conftest import TINY_ENGINE, results
 from tests.conftest import engine_settings
 
 SERVING: dict[str, Any] = {"kind": "serving", "base_url": "http://127.0.0.1:9/v1"}
@@ -134,12 +135,18 @@ def test_sizes_over_the_server_settings_are_400(
 def test_jobs_recheck_the_settings_of_their_worker(
     sqlite_url: str, models_dir: Any, live_server: Any
 ) -> None:
-    """A server without the submission context accepts the run; its job refuses it."""
+    """A run stored without the submission checks (as a server with looser settings would
+    have accepted it) is refused by its job."""
     server = live_server(
         create_base_app(engine_settings(sqlite_url, models_dir), components=[SPEC])
     )
+    # Validated outside a request, the model leaves the settings checks to the job.
+    request = EngineBenchRequest.model_validate(TINY_ENGINE | {"batch_sizes": [64]})
+    run, _ = server.app.state.run_service.create(
+        component="benchmark", kind="engine", params=request.model_dump(mode="json")
+    )
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        body = results(client, submit(client, TINY_ENGINE | {"batch_sizes": [64]}))
+        body = results(client, run.id)
     assert body["run"]["status"] == "failed"
     assert body["run"]["error"]["code"] == "limit_exceeded"
     assert body["result"] is None

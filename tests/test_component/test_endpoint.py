@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from core.api.app import create_base_app
-from test_api.app import SPEC, create_app, install_submission_context
+from test_api.app import SPEC, create_app
 from tests.support.server import LiveServer, free_port, serve
 from tests.test_component.conftest import component_settings
 from tests.test_component.helpers import assert_clean, error_code, run_suite, statuses, submit
@@ -125,7 +125,6 @@ def test_our_own_generator_conforms(component_models: Path, tmp_path: Path) -> N
     generator = pytest.importorskip("generator_api.app", reason="the Generator is not built yet")
     settings = component_settings(component_models, tmp_path / "db.sqlite")
     app = create_base_app(settings, components=[SPEC, generator.SPEC])
-    install_submission_context(app, settings)
     with serve(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
         run, report = run_suite(client, {"kind": "endpoint", "model": "bdh-nano", "max_tokens": 4})
         assert run["params"]["base_url"] == f"{live.url}/v1"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from core.api.outbound import UrlNotAllowed, check_url, root_url
 from core.errors import RunCancelled
 from test_api.cases import Case, CaseFailed, CaseSkipped, SuiteTimeout, Watchdog, jsonable, run_case
-from test_api.outbound import UrlNotAllowed, check_url, root_url
 from test_api.schemas import CaseStatus, EndpointRequest, Expectation, SmokeRequest, TestReport
 from test_api.suites import SUITES, prompts
 from test_api.suites.numerics import Tolerance, compare, tolerance_for

@@ -1,11 +1,12 @@
 """What request validation may know of the server a request came in through.
 
-Some checks of a benchmark request need the server: limits from its settings
-(`generation.max_batch`, the outbound allow-list, ...) and defaults such as "this server's
-/v1". The run convention validates the body before any hook of ours runs, so a pure ASGI
-middleware puts the server's settings and its own root URL in a context variable for the
-duration of each HTTP request; the request models read it while they validate. Where no such
-middleware is installed (or outside a request: the executor re-reading stored params), the
+Some checks of a run request need the server: limits from its settings
+(``generation.max_batch``, the outbound allow-list, ...) and defaults such as "the server's
+model" and "this server's /v1". The run convention validates the body before any hook of ours
+runs, so ``SubmissionContextMiddleware`` (installed by ``core.api.app.create_base_app`` on
+every server) puts the server's settings and its own root URL in a context variable for the
+duration of each HTTP request; the request models read it with ``current_submission()`` while
+they validate. Outside a request (the executor re-reading stored params) there is none, so the
 models skip those checks and the job runs them instead, against its worker's settings.
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from benchmark_api.outbound import root_url
+from core.api.outbound import server_url_from_scope
 from core.config import Settings
 
 
@@ -30,7 +31,7 @@ class Submission:
     server_url: str | None
 
 
-_current: ContextVar[Submission | None] = ContextVar("hatchery_benchmark_submission", default=None)
+_current: ContextVar[Submission | None] = ContextVar("hatchery_submission", default=None)
 
 
 def current_submission() -> Submission | None:
@@ -40,6 +41,7 @@ def current_submission() -> Submission | None:
 
 @contextmanager
 def submitting(submission: Submission) -> Iterator[None]:
+    """Validate as if inside a request to ``submission``'s server (the middleware; tests)."""
     token = _current.set(submission)
     try:
         yield
@@ -48,7 +50,7 @@ def submitting(submission: Submission) -> Iterator[None]:
 
 
 class SubmissionContextMiddleware:
-    """Pure ASGI (so the variable is set in the task that validates the body)."""
+    """Pure ASGI, so the variable is set in the task that validates the body."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -60,16 +62,3 @@ class SubmissionContextMiddleware:
             return
         with submitting(Submission(self.settings, server_url_from_scope(scope))):
             await self.app(scope, receive, send)
-
-
-def server_url_from_scope(scope: Scope) -> str | None:
-    """This server's root URL as seen by the socket the request arrived on.
-
-    Not the Host header: the client chooses that, and it must not pick where the server
-    sends its load.
-    """
-    server = scope.get("server")
-    if not server or server[1] is None:
-        return None
-    scheme = "https" if scope.get("scheme") == "https" else "http"
-    return root_url(scheme, str(server[0]), int(server[1]))
