@@ -43,8 +43,13 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> Non
     stopped = _nano()
     calls = iter(range(1000))
     with pytest.raises(TrainingStopped):
-        train(stopped, CORPUS, _config(checkpoint_every=10), state_path=state,
-              should_stop=lambda: next(calls) >= 25)
+        train(
+            stopped,
+            CORPUS,
+            _config(checkpoint_every=10),
+            state_path=state,
+            should_stop=lambda: next(calls) >= 25,
+        )
     resumed = _nano()
     result = train(resumed, CORPUS, _config(checkpoint_every=10), state_path=state)
     assert result.resumed_from == 25
