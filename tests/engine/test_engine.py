@@ -30,7 +30,9 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
 
 def scheduler_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("hatchery-scheduler-")]
+    """This module's scheduler threads (servers of other test modules may still be running)."""
+    names = {"hatchery-scheduler-nano-a", "hatchery-scheduler-nano-b"}
+    return [t for t in threading.enumerate() if t.name in names]
 
 
 @pytest.fixture
