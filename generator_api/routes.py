@@ -7,15 +7,14 @@ WS   /api/generator/stream      interactive generation (see `interactive`)
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
-from starlette.concurrency import run_in_threadpool
 
 from core.api.deps import RunServiceDep
 from core.api.security import PrincipalDep
 from core.errors import ErrorResponse
+from core.runs.router import submit_request
 from core.store.models import RunPublic
 
 from .interactive import add_interactive_route
@@ -50,22 +49,15 @@ def build_generator_router() -> APIRouter:
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
     ) -> RunPublic:
         """Start a ``model`` run: exactly ``POST /api/generator/run`` with ``kind: "model"``."""
-        create = functools.partial(
-            service.create,
+        return await submit_request(
+            body,
             component=COMPONENT,
             kind="model",
-            params=body.model_dump(mode="json"),
-            model=body.name,
-            owner=principal.owner,
+            response=response,
+            service=service,
+            principal=principal,
             idempotency_key=idempotency_key,
         )
-        run, created = await run_in_threadpool(create)
-        public = RunPublic.from_run(run)
-        response.headers["Location"] = public.links.status
-        if not created:
-            response.status_code = 200
-            response.headers["Idempotent-Replayed"] = "true"
-        return public
 
     add_interactive_route(router)
     return router

@@ -21,9 +21,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
 from core.api.deps import RunServiceDep
-from core.api.security import PrincipalDep
+from core.api.security import Principal, PrincipalDep
 from core.errors import ErrorResponse, InvalidRequest
 from core.runs.context import JobFn
+from core.runs.service import RunService
 from core.runs.streaming import add_stream_routes
 from core.store.models import Run, RunPublic, RunsPublic, RunStatus
 
@@ -105,30 +106,55 @@ def _add_submit_route(
         kind = getattr(request, "kind", None) or only_kind
         if kind not in jobs:
             raise InvalidRequest(f"unknown {component} kind {kind!r}", param="kind")
-        model = getattr(request, "model", None)
-        params = request.model_dump(mode="json")
-        nul_at = find_nul(params)
-        if nul_at is not None:
-            # PostgreSQL's JSONB cannot hold U+0000; refuse it on every store alike.
-            raise InvalidRequest(
-                "strings must not contain the NUL character (U+0000)", param=nul_at, status_code=422
-            )
-        create = functools.partial(
-            service.create,
+        return await submit_request(
+            request,
             component=component,
             kind=str(kind),
-            params=params,
-            model=model if isinstance(model, str) else None,
-            owner=principal.owner,
+            response=response,
+            service=service,
+            principal=principal,
             idempotency_key=idempotency_key,
         )
-        run, created = await run_in_threadpool(create)
-        public = RunPublic.from_run(run)
-        response.headers["Location"] = public.links.status
-        if not created:
-            response.status_code = 200
-            response.headers["Idempotent-Replayed"] = "true"
-        return public
+
+
+async def submit_request(
+    request: BaseModel,
+    *,
+    component: str,
+    kind: str,
+    response: Response,
+    service: RunService,
+    principal: Principal,
+    idempotency_key: str | None,
+) -> RunPublic:
+    """Store ``request`` as a queued run (or replay its idempotent twin): the body of POST run.
+
+    Also serves component routes that are aliases of POST run (``/api/generator/model``).
+    """
+    model = getattr(request, "model", None)
+    params = request.model_dump(mode="json")
+    nul_at = find_nul(params)
+    if nul_at is not None:
+        # PostgreSQL's JSONB cannot hold U+0000; refuse it on every store alike.
+        raise InvalidRequest(
+            "strings must not contain the NUL character (U+0000)", param=nul_at, status_code=422
+        )
+    create = functools.partial(
+        service.create,
+        component=component,
+        kind=kind,
+        params=params,
+        model=model if isinstance(model, str) else None,
+        owner=principal.owner,
+        idempotency_key=idempotency_key,
+    )
+    run, created = await run_in_threadpool(create)
+    public = RunPublic.from_run(run)
+    response.headers["Location"] = public.links.status
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return public
 
 
 def _add_read_routes(
