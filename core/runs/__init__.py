@@ -4,7 +4,7 @@ from typing import Any
 
 from core.runs.context import JobFn, RunContext, StopReason
 from core.runs.events import EventBus, EventType
-from core.runs.executor import Executor, JobTable, LocalExecutor, RayExecutor, build_executor
+from core.runs.executor import Executor, JobTable, LocalExecutor, build_executor
 from core.runs.service import RunService
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "JobFn",
     "JobTable",
     "LocalExecutor",
-    "RayExecutor",
     "RunContext",
     "RunService",
     "StopReason",

@@ -303,38 +303,20 @@ def _summary(result: BaseModel, dumped: dict[str, Any]) -> Any:
     return dumped if len(result.model_dump_json()) <= 2048 else None
 
 
-class RayExecutor(Executor):
-    """Placeholder for the scale-out executor (DESIGN §4, wave 2)."""
-
-    def __init__(self, **_: Any) -> None:
-        raise FeatureUnavailable(
-            "ray executor not available in this build; set executor.kind to 'local'",
-            code="executor_unavailable",
-        )
-
-    def start(self) -> None:  # pragma: no cover - never constructed
-        raise NotImplementedError
-
-    def stop(self, grace_s: float = 10.0) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def submit(self, run_id: str) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def cancel(self, run_id: str) -> bool:  # pragma: no cover
-        raise NotImplementedError
-
-
 def build_executor(
     *, settings: Settings, service: RunService, tables: Mapping[str, JobTable], engine: Any
 ) -> Executor:
-    """The executor ``settings.executor.kind`` names, attached to ``service``."""
-    kinds: dict[str, type[LocalExecutor] | type[RayExecutor]] = {
-        "local": LocalExecutor,
-        "ray": RayExecutor,
-    }
-    executor = kinds[settings.executor.kind](
-        service=service, tables=tables, settings=settings, engine=engine
-    )
+    """The executor ``settings.executor.kind`` names, attached to ``service``.
+
+    ``ray`` (DESIGN §4, wave 2) is refused here with a clear error until it is built: the
+    ``Executor`` interface is all a Ray executor needs to plug in without touching components.
+    """
+    if settings.executor.kind != "local":
+        raise FeatureUnavailable(
+            f"{settings.executor.kind} executor not available in this build; "
+            "set executor.kind to 'local'",
+            code="executor_unavailable",
+        )
+    executor = LocalExecutor(service=service, tables=tables, settings=settings, engine=engine)
     service.executor = executor
     return executor
