@@ -17,7 +17,7 @@ import torch
 
 from .model import BDH, BDHConfig
 from .sampling import SamplingParams
-from .sequence import CompletionOutput, SequenceDecoder
+from .sequence import CompletionOutput, SequenceDecoder, accept_rows
 from .tokenizer import ByteTokenizer
 
 Mode = Literal["recurrent", "recompute"]
@@ -114,8 +114,8 @@ class LanguageModel:
             raise ValueError(f"unknown mode {mode!r}")
         states, first_logits = self._prefill_all(sequences)
         active = list(range(len(sequences)))
-        for i in active:
-            yield sequences[i], sequences[i].accept(first_logits[i])
+        texts = accept_rows(sequences, torch.stack(first_logits))  # (B, V) logits
+        yield from zip(sequences, texts, strict=True)
         state = torch.cat(states, dim=1)  # (L, B, nh, N, D)
         while True:
             keep = [j for j, i in enumerate(active) if not sequences[i].finished]
@@ -128,8 +128,7 @@ class LanguageModel:
             tokens = torch.tensor([s.last_token for s in seqs], device=self.device)
             positions = torch.tensor([s.position for s in seqs], device=self.device)
             logits = self.model.decode_step(tokens, positions, state)  # (B, V)
-            for row, seq in enumerate(seqs):
-                yield seq, seq.accept(logits[row])
+            yield from zip(seqs, accept_rows(seqs, logits), strict=True)
 
     def _prefill_all(
         self, sequences: list[SequenceDecoder]

@@ -1,12 +1,16 @@
-"""Per-request sampling: parameters, logits processing, token choice and stop strings.
+"""Sampling: parameters, logits processing, token choice and stop strings.
 
-Everything here works on one sequence at a time, with that sequence's own `torch.Generator`,
-so a seeded request draws the same tokens whether it runs alone or in a batch of any size.
+Each sequence has its own parameters and its own `torch.Generator`, and sampling a batch
+treats every row as if it were alone, so a seeded request draws the same tokens whether it
+runs alone or in a batch of any size. The work itself is batched (`sample_rows`).
 
 Order of processing for one step, as in vLLM::
 
     raw logits (V,) ─ penalties ─ greedy? argmax
-                                └ / temperature ─ top_k ─ top_p ─ min_p ─ multinomial
+                                └ / temperature ─ top_k ─ top_p ─ min_p ─ inverse CDF
+
+The draw is one uniform number from the sequence's generator, mapped through the cumulative
+distribution: one random number per token, in a row's own stream.
 
 Reported logprobs follow vLLM's default ("raw logprobs"): they are ``log_softmax`` of the raw
 model logits, before penalties, temperature and filtering, so they describe the model, not
@@ -114,60 +118,47 @@ def apply_penalties(
     return logits
 
 
-def _sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The distribution to draw from: temperature, then filters, renormalised; (V,).
+def _has_filters(params: SamplingParams) -> bool:
+    return params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0.0
+
+
+def _filtered_probs(scaled: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Top-k, then top-p, then min-p of tempered logits (B, V), each row with its own params.
 
     Filters work in descending-logit order and each sees the distribution left by the one
-    before it. The most likely token always survives, so the result is never empty. A
-    stable sort puts equal logits in index order, which makes top_k cut ties
-    deterministically. Without filters the sort is skipped: it is the costliest step.
+    before it. The most likely token always survives, so no row is ever empty. A stable sort
+    puts equal logits in index order, which makes top_k cut ties deterministically.
     """
-    scaled = logits / params.temperature  # (V,)
-    if params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0:
-        return torch.softmax(scaled, dim=-1)
-    sorted_logits, order = torch.sort(scaled, descending=True, stable=True)
-    if params.top_k > 0:
-        sorted_logits[params.top_k :] = -torch.inf
-    probs = torch.softmax(sorted_logits, dim=-1)  # (V,) in sorted order
-    if params.top_p < 1.0:
-        # Keep the shortest prefix whose mass reaches top_p: a token stays while the mass
-        # strictly before it is still short of top_p.
-        mass_before = torch.cumsum(probs, dim=-1) - probs
-        probs = _renormalise(probs, keep=mass_before < params.top_p)
-    if params.min_p > 0.0:
-        probs = _renormalise(probs, keep=probs >= params.min_p * probs[0])
-    return torch.empty_like(probs).scatter_(0, order, probs)  # back to token order
+    B, V = scaled.shape
+    ranks = torch.arange(V).expand(B, V)  # (B, V)
+    top_k = torch.tensor([p.top_k if p.top_k > 0 else V for p in params]).view(B, 1)
+    top_p = torch.tensor([p.top_p for p in params]).view(B, 1)
+    min_p = torch.tensor([p.min_p for p in params]).view(B, 1)
+    sorted_logits, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # (B, V)
+    sorted_logits = sorted_logits.masked_fill(ranks >= top_k, -torch.inf)
+    probs = torch.softmax(sorted_logits, dim=-1)  # (B, V) in sorted order
+    # Top-p keeps the shortest prefix whose mass reaches top_p: a token stays while the mass
+    # strictly before it is still short of top_p.
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    probs = _renormalise(probs, keep=(mass_before < top_p) | (top_p >= 1.0))
+    probs = _renormalise(probs, keep=(probs >= min_p * probs[:, :1]) | (min_p <= 0.0))
+    return torch.empty_like(probs).scatter_(1, order, probs)  # back to token order
 
 
 def _renormalise(probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    keep[0] = True  # guards against rounding dropping the top token
+    keep[:, 0] = True  # guards against rounding dropping the top token
     probs = torch.where(keep, probs, 0.0)
-    return probs / probs.sum()
+    return probs / probs.sum(dim=-1, keepdim=True)
 
 
-def sample_next(
-    logits: torch.Tensor,
-    params: SamplingParams,
-    generator: torch.Generator,
-    *,
-    prompt_counts: torch.Tensor | None = None,
-    output_counts: torch.Tensor | None = None,
-) -> tuple[int, float]:
-    """Choose the next token of one sequence from its raw logits (V,).
-
-    Returns ``(token, logprob)``, the logprob taken from the raw logits (see the module
-    docstring). Greedy picks the argmax, the lowest index on ties. Otherwise one draw
-    from `generator`, so equal generator state and logits give equal tokens.
-    """
-    logits = logits.to(device=generator.device, dtype=torch.float32)  # (V,)
-    processed = apply_penalties(logits, params, prompt_counts, output_counts)
-    if params.greedy:
-        token = int(torch.argmax(processed))
-    else:
-        probs = _sampling_probs(processed, params)
-        token = int(torch.multinomial(probs, 1, generator=generator))
-    logprob = float(torch.log_softmax(logits, dim=-1)[token])
-    return token, logprob
+def _draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row of probs (B, V) by inverse CDF, from one uniform of its generator."""
+    uniforms = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators])
+    cdf = torch.cumsum(probs, dim=-1)  # (B, V)
+    # Scaling by the total mass absorbs rounding; `right` never lands on a zero-mass token.
+    targets = (uniforms.to(cdf.device) * cdf[:, -1]).view(-1, 1)  # (B, 1)
+    tokens = torch.searchsorted(cdf, targets, right=True).view(-1)  # (B,)
+    return tokens.clamp_(max=probs.size(-1) - 1)
 
 
 def sample_rows(
@@ -178,16 +169,64 @@ def sample_rows(
     prompt_counts: Sequence[torch.Tensor | None] | None = None,
     output_counts: Sequence[torch.Tensor | None] | None = None,
 ) -> list[tuple[int, float]]:
-    """`sample_next` for each row of a (B, V) batch, each with its own params and generator."""
+    """Choose the next token of each row of raw logits (B, V), each with its own params.
+
+    Returns ``(token, logprob)`` per row, the logprob from the raw logits (see the module
+    docstring). Greedy picks the argmax, the lowest index on ties. Otherwise exactly one
+    uniform draw from the row's generator. A row takes the same path and the same arithmetic
+    whatever else is in the batch, so equal generator state and logits give equal tokens alone
+    or batched. The work is batched: a step of many sequences costs a few tensor ops, not a
+    few per sequence.
+    """
     batch = logits.shape[0]
     if not len(params) == len(generators) == batch:
         raise ValueError(f"need {batch} params and generators, got {len(params)}/{len(generators)}")
-    prompts = prompt_counts or [None] * batch
-    outputs = output_counts or [None] * batch
-    return [
-        sample_next(row, p, g, prompt_counts=pc, output_counts=oc)
-        for row, p, g, pc, oc in zip(logits, params, generators, prompts, outputs, strict=True)
-    ]
+    raw = logits.detach().to(device="cpu", dtype=torch.float32)  # (B, V)
+    processed = raw
+    for i, p in enumerate(params):
+        prompt = prompt_counts[i] if prompt_counts else None
+        output = output_counts[i] if output_counts else None
+        if output is not None or prompt is not None:
+            if processed is raw:
+                processed = raw.clone()
+            processed[i] = apply_penalties(raw[i], p, prompt, output)
+    tokens = torch.empty(batch, dtype=torch.long)
+    greedy = [i for i, p in enumerate(params) if p.greedy]
+    if greedy:
+        tokens[greedy] = torch.argmax(processed[greedy], dim=-1)
+    plain = [i for i, p in enumerate(params) if not p.greedy and not _has_filters(p)]
+    filtered = [i for i, p in enumerate(params) if not p.greedy and _has_filters(p)]
+    for rows, filter_rows in ((plain, False), (filtered, True)):
+        if not rows:
+            continue
+        temperature = torch.tensor([params[i].temperature for i in rows]).view(-1, 1)
+        scaled = processed[rows] / temperature  # (b, V)
+        probs = (
+            _filtered_probs(scaled, [params[i] for i in rows])
+            if filter_rows
+            else torch.softmax(scaled, dim=-1)
+        )
+        tokens[rows] = _draw(probs, [generators[i] for i in rows])
+    logprobs = torch.log_softmax(raw, dim=-1).gather(1, tokens.view(-1, 1)).view(-1)  # (B,)
+    return list(zip(tokens.tolist(), logprobs.tolist(), strict=True))
+
+
+def sample_next(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    *,
+    prompt_counts: torch.Tensor | None = None,
+    output_counts: torch.Tensor | None = None,
+) -> tuple[int, float]:
+    """`sample_rows` for one sequence's raw logits (V,): ``(token, logprob)``."""
+    return sample_rows(
+        logits.view(1, -1),
+        [params],
+        [generator],
+        prompt_counts=[prompt_counts],
+        output_counts=[output_counts],
+    )[0]
 
 
 def top_logprobs(logits: torch.Tensor, k: int) -> list[tuple[int, float]]:

@@ -40,7 +40,13 @@ import torch
 
 from .language_model import PREFILL_CHUNK, LanguageModel
 from .sampling import SamplingParams
-from .sequence import FINISH_ABORT, CompletionOutput, SequenceDecoder, TokenLogprob
+from .sequence import (
+    FINISH_ABORT,
+    CompletionOutput,
+    SequenceDecoder,
+    TokenLogprob,
+    accept_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -591,9 +597,10 @@ class Scheduler:
         with self._lock:
             self._ttft.append(ttft)
         self._observe("on_first_token", ttft)
-        logits = logits.float().cpu()
-        for decoder in request.decoders:
-            self._accept(request, decoder, logits)
+        logits = logits.float().cpu().expand(len(request.decoders), -1)  # (n, V)
+        texts = accept_rows(request.decoders, logits)
+        for decoder, text in zip(request.decoders, texts, strict=True):
+            self._deliver(request, decoder, text)
             if not decoder.finished:
                 slot = self._claim_slot()
                 assert self._pool is not None
@@ -613,21 +620,22 @@ class Scheduler:
         state = self._pool[:, :batch]  # (n_layer, B, nh, N, D), a view updated in place
         logits = self.lm.model.decode_step(tokens, positions, state).float().cpu()  # (B, V)
         now = time.monotonic()
+        texts = accept_rows([s.decoder for s in self._running], logits)
         finished = []
         gaps = []
-        for row, sequence in enumerate(self._running):
+        for row, (sequence, text) in enumerate(zip(self._running, texts, strict=True)):
             gaps.append(now - sequence.last_token_at)
             sequence.last_token_at = now
             self._observe("on_token", gaps[-1])
-            self._accept(sequence.request, sequence.decoder, logits[row])
+            self._deliver(sequence.request, sequence.decoder, text)
             if sequence.decoder.finished:
                 finished.append(row)
         with self._lock:
             self._itl.extend(gaps)
         self._release(finished)
 
-    def _accept(self, request: _Request, decoder: SequenceDecoder, logits: torch.Tensor) -> None:
-        text = decoder.accept(logits)
+    def _deliver(self, request: _Request, decoder: SequenceDecoder, text: str) -> None:
+        """Hand a choice's new token and text to its stream; close the request when done."""
         self._step_tokens += 1
         logprob = decoder.logprobs[-1] if decoder.logprobs else None
         request.stream._deliver(

@@ -7,11 +7,12 @@ that may be shown so far. It holds no model state, so the same class serves `Lan
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from .sampling import SamplingParams, StopMatcher, make_generator, sample_next
+from .sampling import SamplingParams, StopMatcher, make_generator, sample_rows
 from .sampling import top_logprobs as top_logprobs_of
 from .tokenizer import IncrementalDecoder
 
@@ -62,7 +63,7 @@ class SequenceDecoder:
         # whether the request runs alone or in any batch.
         seed = None if params.seed is None else params.seed + choice
         self.generator = make_generator(seed, "cpu")
-        self._needs_counts = (
+        self.penalised = (
             params.presence_penalty != 0
             or params.frequency_penalty != 0
             or params.repetition_penalty != 1.0
@@ -93,16 +94,13 @@ class SequenceDecoder:
 
     def accept(self, logits: torch.Tensor) -> str:
         """Sample the next token from `logits` (V,); return the text that may now be shown."""
-        if self.finished:
-            raise RuntimeError("sequence already finished")
-        logits = logits.detach().to("cpu", torch.float32, copy=True)
-        # Penalties shape the sampling distribution; logprobs report the raw model (as vLLM).
-        counts = (self.prompt_counts, self.output_counts) if self._needs_counts else (None, None)
-        token, logprob = sample_next(
-            logits, self.params, self.generator, prompt_counts=counts[0], output_counts=counts[1]
-        )
+        return accept_rows([self], logits.view(1, -1))[0]
+
+    def _push(self, token: int, logprob: float, logits: torch.Tensor) -> str:
+        """Record the sampled token; return the text that may now be shown."""
         self.output_ids.append(token)
-        self.output_counts[token] += 1
+        if self.penalised:
+            self.output_counts[token] += 1
         if self.logprobs is not None:
             k = self.params.logprobs or 0
             top = top_logprobs_of(logits, k) if k else []
@@ -136,3 +134,26 @@ class SequenceDecoder:
             prompt_tokens=len(self.prompt_ids),
             logprobs=self.logprobs,
         )
+
+
+def accept_rows(decoders: Sequence[SequenceDecoder], logits: torch.Tensor) -> list[str]:
+    """Advance each decoder by the token sampled from its row of `logits` (B, V), batched.
+
+    Returns each decoder's newly shown text. Penalties shape the sampling distribution;
+    logprobs report the raw model (as vLLM).
+    """
+    for decoder in decoders:
+        if decoder.finished:
+            raise RuntimeError("sequence already finished")
+    logits = logits.detach().to("cpu", torch.float32)  # (B, V)
+    choices = sample_rows(
+        logits,
+        [d.params for d in decoders],
+        [d.generator for d in decoders],
+        prompt_counts=[d.prompt_counts if d.penalised else None for d in decoders],
+        output_counts=[d.output_counts if d.penalised else None for d in decoders],
+    )
+    return [
+        decoder._push(token, logprob, logits[row])
+        for row, (decoder, (token, logprob)) in enumerate(zip(decoders, choices, strict=True))
+    ]

@@ -118,6 +118,45 @@ def test_seeded_row_samples_the_same_alone_or_in_a_batch() -> None:
     assert batched == alone
 
 
+def test_every_kind_of_row_samples_the_same_alone_or_in_a_mixed_batch() -> None:
+    """Greedy, plain, filtered and penalised rows in one batch each draw as if alone."""
+    rows = torch.randn(6, 256, generator=torch.Generator().manual_seed(8))  # (B, V)
+    params = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0.7, seed=1),
+        SamplingParams(temperature=1.2, top_p=0.9, seed=2),
+        SamplingParams(temperature=0.9, top_k=20, min_p=0.05, seed=3),
+        SamplingParams(temperature=0.8, repetition_penalty=1.3, frequency_penalty=0.5, seed=4),
+        SamplingParams(temperature=1.0, top_k=5, presence_penalty=1.0, seed=5),
+    ]
+    prompt = count_tokens([1, 2, 3, 3], 256).float()
+    counts = [None, None, None, None, prompt, prompt]
+
+    def run_batched() -> list[list[int]]:
+        generators = [make_generator(p.seed) for p in params]
+        draws = []
+        for _ in range(15):
+            choices = sample_rows(
+                rows, params, generators, prompt_counts=counts, output_counts=counts
+            )
+            draws.append([token for token, _ in choices])
+        return [list(column) for column in zip(*draws, strict=True)]
+
+    def run_alone(i: int) -> list[int]:
+        generator = make_generator(params[i].seed)
+        return [
+            sample_next(
+                rows[i], params[i], generator, prompt_counts=counts[i], output_counts=counts[i]
+            )[0]
+            for _ in range(15)
+        ]
+
+    batched = run_batched()
+    assert batched == [run_alone(i) for i in range(len(params))]
+    assert len(set(batched[1])) > 3  # the sampled rows really sample
+    assert batched[0] == [int(rows[0].argmax())] * 15
+
+
 def test_sample_rows_checks_lengths() -> None:
     with pytest.raises(ValueError, match="need 2 params"):
         sample_rows(torch.zeros(2, 4), [SamplingParams()], [make_generator(0)])
