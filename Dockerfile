@@ -45,8 +45,10 @@ VOLUME ["/app/data"]
 
 # Inside a container the server must listen beyond loopback; publish the port deliberately,
 # and turn auth on (HATCHERY_AUTH__ENABLED, HATCHERY_AUTH__API_KEYS) anywhere it is reachable.
+# The fused decode kernel is compiled on first use; its cache lives in the data volume.
 ENV HATCHERY_SERVER__HOST=0.0.0.0 \
-    HATCHERY_SERVER__PORT=8000
+    HATCHERY_SERVER__PORT=8000 \
+    NUMBA_CACHE_DIR=/app/data/numba-cache
 EXPOSE 8000
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import kernels
 from .language_model import PREFILL_CHUNK
 from .registry import ModelRegistry
 from .sampling import SamplingParams
@@ -158,6 +159,7 @@ class Engine:
 
 def build_engine(settings: Settings, *, observer: EngineObserver | None = None) -> Engine:
     """The engine the settings describe; nothing is loaded until `preload()` or first use."""
+    kernels.set_threads(settings.model.decode_threads)
     registry = ModelRegistry(
         settings.model.models_dir, device=settings.model.device, dtype=settings.model.dtype
     )

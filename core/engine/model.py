@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+
 LN_EPS = 1e-5
 ROPE_THETA = 2.0**16
 
@@ -102,6 +104,7 @@ class BDH(nn.Module):
         # Recomputed from the config, never stored in checkpoints.
         self.freqs: torch.Tensor
         self.register_buffer("freqs", rope_frequencies(N), persistent=False)
+        self._layout: tuple[Any, torch.Tensor] | None = None  # see _decode_encoder
 
     # ----------------------------------------------------------------------------------------
     # Parallel form (training, reference, recompute baseline)
@@ -198,25 +201,56 @@ class BDH(nn.Module):
 
         Reads and updates `state` (n_layer, B, nh, N, D) in place; returns logits (B, V).
         Every product is a flat or per-head batched matmul, so no weight is ever broadcast
-        (copied) per sequence; the state is the only per-sequence traffic.
+        (copied) per sequence; the state is the only per-sequence traffic. On the CPU in
+        float32 that traffic goes through the fused kernel (`kernels`), one pass over the
+        rows RoPE leaves non-zero; elsewhere through `_attend_update_`.
         """
         B = tokens.size(0)
         C = self.config
-        D, nh, N = C.n_embd, C.n_head, C.neurons_per_head
+        nh, N = C.n_head, C.neurons_per_head
         phases = positions.to(torch.float32).view(B, 1, 1) * self.freqs.view(1, 1, N)  # (B, 1, N)
-        # The same weights serve every layer: lay the encoder out as one (D, nh*N) matrix once.
-        encoder = self.encoder.permute(1, 0, 2).reshape(D, nh * N)  # (D, nh*N)
-
+        encoder = self._decode_encoder()  # (D, nh*N)
         x = layer_norm(self.embed(tokens))  # (B, D)
+        fused = kernels.fused_applies(state, x)
+        if fused:  # RoPE angles once per step, not per layer; the kernel applies them
+            angles = (phases.view(B, N) % 1) * (2 * math.pi)
+            cos, sin = torch.cos(angles), torch.sin(angles)  # (B, N)
         for layer in range(C.n_layer):
-            S = state[layer].view(B * nh, N, D)  # float32
             xs = F.relu(x @ encoder).view(B, nh, N)  # (B, nh, N)
-            q32 = rope(phases, xs).float().view(B * nh, 1, N)  # (B*nh, 1, N)
-            x32 = x.float().view(B, 1, 1, D).expand(B, nh, 1, D).reshape(B * nh, 1, D)
-            a = torch.bmm(q32, S)  # (B*nh, 1, D): reads the state before this token is added
-            S.baddbmm_(q32.mT, x32)  # S += q^T x in place, one rank-1 update per (seq, head)
-            a = layer_norm(a.view(B, nh, D).to(x.dtype))  # (B, nh, D)
+            if fused:
+                a = kernels.rope_attend_update_(state[layer], xs, cos, sin, x)  # (B, nh, D)
+            else:
+                a = self._attend_update_(state[layer], rope(phases, xs), x)  # (B, nh, D)
+            a = layer_norm(a.to(x.dtype))  # (B, nh, D)
             ys = F.relu(torch.bmm(a.transpose(0, 1), self.encoder_v)).transpose(0, 1)  # (B, nh, N)
-            m = (xs * ys).reshape(B, nh * N) @ self.decoder  # (B, D)
+            if fused:
+                m = kernels.sparse_decode(xs.view(B, nh * N), ys.reshape(B, nh * N), self.decoder)
+            else:
+                m = (xs * ys).reshape(B, nh * N) @ self.decoder  # (B, D)
             x = layer_norm(x + layer_norm(m))  # (B, D)
         return x @ self.lm_head  # (B, V)
+
+    def _decode_encoder(self) -> torch.Tensor:
+        """The encoder laid out as one (D, nh*N) matrix for decoding.
+
+        The same weights serve every layer, so the copy is made once and kept until the
+        parameter changes (training bumps its version) or moves.
+        """
+        key = (self.encoder.data_ptr(), self.encoder._version)
+        if self._layout is None or self._layout[0] != key:
+            C = self.config
+            D, nh, N = C.n_embd, C.n_head, C.neurons_per_head
+            encoder = self.encoder.detach().permute(1, 0, 2).reshape(D, nh * N)  # (D, nh*N)
+            self._layout = (key, encoder)
+        return self._layout[1]
+
+    @staticmethod
+    def _attend_update_(state: torch.Tensor, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """PyTorch path of one layer: a = q @ S, then S += q^T x; state (B, nh, N, D) in place."""
+        B, nh, N, D = state.shape
+        S = state.view(B * nh, N, D)  # float32
+        q32 = q.float().reshape(B * nh, 1, N)  # (B*nh, 1, N)
+        x32 = x.float().view(B, 1, 1, D).expand(B, nh, 1, D).reshape(B * nh, 1, D)
+        a = torch.bmm(q32, S)  # (B*nh, 1, D): reads the state before this token is added
+        S.baddbmm_(q32.mT, x32)  # S += q^T x in place, one rank-1 update per (seq, head)
+        return a.view(B, nh, D)

@@ -1,0 +1,203 @@
+"""The fused CPU decode kernel: RoPE, the linear-attention read and the state update in one pass.
+
+For one decode step, each (sequence, head) row of a layer does, in the order of
+`BDH.decode_step`::
+
+    q = rope(phase, xs)        # (N,)  xs = relu(x @ encoder), about 1/3 of it non-zero
+    a = q @ S                  # (D,)  reads the state before this token is added
+    S += q^T x                 # (N, D)
+
+With PyTorch that is three passes over the float32 state (two reads, one write) plus five
+element-wise RoPE ops. Batched decode on a CPU is bound by exactly that memory traffic: a
+sequence of the shipped model carries 4 MB of state, so 16 sequences do not fit in cache.
+Two facts make it cheaper:
+
+- q and the update share rows, so one pass can read S[n], add q[n] * S[n] to `a` and write
+  S[n] + q[n] * x back;
+- a RoPE pair (2i, 2i+1) of q is zero when both xs[2i] and xs[2i+1] are zero (ReLU makes about
+  half the pairs so), and then neither its rows of `a` nor of S change: they are skipped.
+
+The result is the same arithmetic as the PyTorch path (products and sums in the same order,
+in float32, no fast-math reassociation), so the logits agree to float rounding; the tests hold
+both paths to each other and to the parallel form.
+
+The kernel is compiled by Numba on first use (cached on disk next to this file, about 2 s the
+first time) and releases the GIL while it runs, so the event loop keeps serving meanwhile.
+Without Numba (or on GPU, or for bfloat16 models) `decode_step` uses the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# HATCHERY_DECODE_KERNEL=torch turns the fused kernel off (for comparisons and debugging).
+KERNEL_ENV: Final = "HATCHERY_DECODE_KERNEL"
+KERNELS: Final = ("auto", "fused", "torch")
+
+# Large batches split their sequences over this many threads (helpers block, never spin).
+MIN_SEQUENCES_PER_THREAD: Final = 4
+_threads = max(1, os.cpu_count() or 1)
+_helpers: ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+_compiled: tuple[Callable[..., None], Callable[..., None]] | None = None
+_unavailable: str | None = None
+
+
+def _compile() -> tuple[Callable[..., None], Callable[..., None]]:
+    """Build the Numba kernel (raises ImportError without Numba)."""
+    import numba  # optional, and slow to import: only when first needed
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)  # type: ignore[misc]
+    def rope_attend_update(S, xs, cos, sin, x, heads, out):  # type: ignore[no-untyped-def]
+        # S (R, N, D), xs (R, N), cos/sin (B, N), x (B, D), out (R, D); R = B * heads.
+        R, N, D = S.shape
+        for r in range(R):
+            b = r // heads
+            xb, c, s, v, o = x[b], cos[b], sin[b], xs[r], out[r]
+            for d in range(D):
+                o[d] = 0.0
+            for i in range(0, N, 2):
+                v0, v1 = v[i], v[i + 1]
+                if v0 == 0.0 and v1 == 0.0:
+                    continue
+                # rope(): q = v * cos + v_rot * sin with v_rot = (-v[2i+1], v[2i]).
+                q0 = v0 * c[i] + (-v1) * s[i]
+                q1 = v1 * c[i + 1] + v0 * s[i + 1]
+                row0, row1 = S[r, i], S[r, i + 1]
+                for d in range(D):
+                    s0, s1 = row0[d], row1[d]
+                    o[d] += q0 * s0
+                    o[d] += q1 * s1
+                    row0[d] = s0 + q0 * xb[d]
+                    row1[d] = s1 + q1 * xb[d]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)  # type: ignore[misc]
+    def sparse_decode(xs, ys, decoder, m):  # type: ignore[no-untyped-def]
+        # xs, ys (B, nh*N), decoder (nh*N, D), m (B, D): m = (xs * ys) @ decoder.
+        B, K = xs.shape
+        D = decoder.shape[1]
+        for b in range(B):
+            mb, xb, yb = m[b], xs[b], ys[b]
+            for d in range(D):
+                mb[d] = 0.0
+            for k in range(K):
+                z = xb[k] * yb[k]
+                if z == 0.0:
+                    continue
+                row = decoder[k]
+                for d in range(D):
+                    mb[d] += z * row[d]
+
+    return rope_attend_update, sparse_decode
+
+
+def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    global _compiled, _unavailable
+    if _compiled is None and _unavailable is None:
+        try:
+            _compiled = _compile()
+        except ImportError as exc:
+            _unavailable = f"numba is not installed ({exc})"
+            logger.warning("fused decode kernel unavailable: %s; using PyTorch", _unavailable)
+    return _compiled
+
+
+def set_threads(threads: int | None) -> None:
+    """Threads the state kernel may split a large batch over; None: one per core."""
+    global _threads
+    if threads is not None and threads < 1:
+        raise ValueError("threads must be positive")
+    _threads = threads or max(1, os.cpu_count() or 1)
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None or _helpers._max_workers < _threads - 1:
+            _helpers = ThreadPoolExecutor(_threads - 1, thread_name_prefix="hatchery-decode")
+        return _helpers
+
+
+def selected_kernel() -> str:
+    """The kernel choice from $HATCHERY_DECODE_KERNEL: auto (default), fused or torch."""
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice not in KERNELS:
+        raise ValueError(f"{KERNEL_ENV} must be one of {', '.join(KERNELS)}, got {choice!r}")
+    return choice
+
+
+def fused_applies(state: torch.Tensor, xs: torch.Tensor) -> bool:
+    """Whether `decode_step` should take the fused path for this state and activations."""
+    choice = selected_kernel()
+    if choice == "torch":
+        return False
+    fits = state.device.type == "cpu" and xs.dtype == torch.float32
+    if choice == "fused":
+        if not fits:
+            raise ValueError("the fused decode kernel needs a float32 model on the CPU")
+        if _kernel() is None:
+            raise RuntimeError(f"the fused decode kernel is unavailable: {_unavailable}")
+        return True
+    return fits and _kernel() is not None
+
+
+def rope_attend_update_(
+    state: torch.Tensor, xs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """One layer of one decode step; `state` (B, nh, N, D) is updated in place.
+
+    xs (B, nh, N) = relu(x @ encoder), cos/sin (B, N) of the RoPE angles, x (B, D); all
+    float32 on the CPU. Returns the attention read a (B, nh, D).
+    """
+    B, nh, N, D = state.shape
+    if not state.is_contiguous():
+        raise ValueError("the fused decode kernel needs a contiguous state")
+    kernel = _kernels()[0]
+    out = torch.empty(B, nh, D, dtype=torch.float32)
+    arrays: list[Any] = [
+        t.contiguous().numpy() for t in (state, xs, cos, sin, x, out)
+    ]  # (B, nh, N, D), (B, nh, N), (B, N), (B, N), (B, D), (B, nh, D)
+
+    def run(begin: int, end: int) -> None:  # sequences begin..end-1
+        S, q, c, s, v, o = (a[begin:end] for a in arrays)
+        kernel(S.reshape(-1, N, D), q.reshape(-1, N), c, s, v, nh, o.reshape(-1, D))
+
+    parts = min(_threads, B // MIN_SEQUENCES_PER_THREAD)
+    if parts <= 1:
+        run(0, B)
+        return out
+    # The kernel holds no GIL: the other parts run at the same time on the helper threads.
+    bounds = [B * i // parts for i in range(parts + 1)]
+    futures = [_pool().submit(run, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    run(bounds[0], bounds[1])
+    for future in futures:
+        future.result()
+    return out
+
+
+def sparse_decode(xs: torch.Tensor, ys: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+    """m = (xs * ys) @ decoder, reading only the decoder rows of non-zero products.
+
+    xs, ys (B, nh*N) float32 are both ReLU outputs: about 1 product in 10 is non-zero, so
+    this reads a tenth of the decoder a dense matmul would. decoder (nh*N, D); returns (B, D).
+    """
+    m = torch.empty(xs.size(0), decoder.size(1), dtype=torch.float32)
+    _kernels()[1](*(t.contiguous().numpy() for t in (xs, ys, decoder)), m.numpy())
+    return m
+
+
+def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
+    kernels = _kernel()
+    if kernels is None:
+        raise RuntimeError(f"the fused decode kernel is unavailable: {_unavailable}")
+    return kernels

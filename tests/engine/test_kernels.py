@@ -1,0 +1,121 @@
+"""The fused CPU decode kernel against the PyTorch path and the parallel form."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from core.engine import BDH, kernels
+
+from .conftest import nano_model
+
+pytest.importorskip("numba", reason="the fused kernel needs numba (a project dependency)")
+
+
+@pytest.fixture
+def kernel_threads() -> Iterator[None]:
+    yield
+    kernels.set_threads(None)
+
+
+def _decode(
+    model: BDH, kernel: str, monkeypatch: pytest.MonkeyPatch, steps: int, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steps` greedy decode steps of `batch` sequences from prompts of different lengths."""
+    monkeypatch.setenv(kernels.KERNEL_ENV, kernel)
+    gen = torch.Generator().manual_seed(batch)
+    state = model.new_state(batch)
+    lengths = [5 + 7 * i for i in range(batch)]
+    for row, length in enumerate(lengths):
+        prompt = torch.randint(0, 256, (1, length), generator=gen)
+        _, state_row = model.prefill(prompt)
+        state[:, row] = state_row[:, 0]
+    tokens = torch.randint(0, 256, (batch,), generator=gen)
+    positions = torch.tensor(lengths)
+    outputs = []
+    for _ in range(steps):
+        logits = model.decode_step(tokens, positions, state)  # (B, V)
+        outputs.append(logits)
+        tokens, positions = logits.argmax(dim=-1), positions + 1
+    return torch.stack(outputs, dim=1), state  # (B, steps, V)
+
+
+@pytest.mark.parametrize(("batch", "threads"), [(1, 1), (3, 1), (9, 2), (12, 3)])
+def test_fused_path_matches_the_pytorch_path(
+    monkeypatch: pytest.MonkeyPatch, kernel_threads: None, batch: int, threads: int
+) -> None:
+    kernels.set_threads(threads)  # 9 and 12 sequences split over helper threads
+    model = nano_model(scale=5.0)
+    reference, reference_state = _decode(model, "torch", monkeypatch, steps=12, batch=batch)
+    fused, fused_state = _decode(model, "fused", monkeypatch, steps=12, batch=batch)
+    assert reference.abs().max() > 1.0
+    assert (fused - reference).abs().max().item() <= 1e-4
+    scale = reference_state.abs().max().item()
+    assert (fused_state - reference_state).abs().max().item() <= 1e-5 * scale
+
+
+def test_fused_decode_matches_the_parallel_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(kernels.KERNEL_ENV, "fused")
+    model = nano_model(scale=5.0)
+    idx = torch.randint(0, 256, (2, 96), generator=torch.Generator().manual_seed(4))
+    reference, _ = model(idx)  # (B, T, V)
+    state = model.new_state(2)
+    steps = [model.decode_step(idx[:, t], torch.full((2,), t), state) for t in range(96)]
+    assert (torch.stack(steps, dim=1) - reference).abs().max().item() <= 1e-4
+
+
+def test_a_sequence_decodes_the_same_alone_or_in_a_split_batch(
+    monkeypatch: pytest.MonkeyPatch, kernel_threads: None
+) -> None:
+    """Rows never mix, however the batch is split (BLAS products may round batch-dependently)."""
+    monkeypatch.setenv(kernels.KERNEL_ENV, "fused")
+    kernels.set_threads(2)
+    model = nano_model(scale=5.0)
+    batch = model.new_state(8)
+    prompt = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(5))
+    _, alone = model.prefill(prompt)
+    batch[:, 6] = alone[:, 0]
+    tokens = torch.randint(0, 256, (8,), generator=torch.Generator().manual_seed(6))
+    positions = torch.full((8,), 30)
+    batched = model.decode_step(tokens, positions, batch)[6]
+    single = model.decode_step(tokens[6:7], positions[6:7], alone)[0]
+    assert torch.allclose(batched, single, rtol=0, atol=1e-5)
+    assert torch.allclose(batch[:, 6], alone[:, 0], rtol=1e-6, atol=1e-5)
+
+
+def test_sparse_decode_equals_the_dense_product() -> None:
+    gen = torch.Generator().manual_seed(7)
+    xs = torch.relu(torch.randn(5, 64, generator=gen))
+    ys = torch.relu(torch.randn(5, 64, generator=gen))
+    decoder = torch.randn(64, 16, generator=gen)
+    expected = (xs * ys) @ decoder
+    assert torch.allclose(kernels.sparse_decode(xs, ys, decoder), expected, atol=1e-5)
+    assert kernels.sparse_decode(torch.zeros(2, 64), ys[:2], decoder).abs().max() == 0
+
+
+def test_kernel_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = torch.zeros(1, 1, 1, 2, 2)
+    x32, x16 = torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.bfloat16)
+    monkeypatch.delenv(kernels.KERNEL_ENV, raising=False)
+    assert kernels.fused_applies(state, x32)
+    assert not kernels.fused_applies(state, x16)  # bfloat16 models take the PyTorch path
+    monkeypatch.setenv(kernels.KERNEL_ENV, "torch")
+    assert not kernels.fused_applies(state, x32)
+    monkeypatch.setenv(kernels.KERNEL_ENV, "fused")
+    with pytest.raises(ValueError, match="float32 model on the CPU"):
+        kernels.fused_applies(state, x16)
+    monkeypatch.setenv(kernels.KERNEL_ENV, "fast")
+    with pytest.raises(ValueError, match="HATCHERY_DECODE_KERNEL must be one of"):
+        kernels.fused_applies(state, x32)
+    with pytest.raises(ValueError, match="positive"):
+        kernels.set_threads(0)
+
+
+def test_bfloat16_model_decodes_through_the_pytorch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(kernels.KERNEL_ENV, raising=False)
+    model = nano_model(scale=5.0).to(torch.bfloat16)
+    state = model.new_state(2)
+    logits = model.decode_step(torch.tensor([1, 2]), torch.tensor([0, 0]), state)
+    assert logits.dtype == torch.bfloat16 and state.abs().sum() > 0
