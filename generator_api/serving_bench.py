@@ -1,12 +1,14 @@
 """`make bench`, serving section: concurrent streaming clients against a real server.
 
-    python -m generator_api.serving_bench [--model bdh-shakespeare] [--levels 1,4,16] [--quick]
+    python -m generator_api.serving_bench [--model bdh-shakespeare] [--levels 1,4,16]
+        [--rounds 5] [--quick]
 
 Starts the Generator (uvicorn, a subprocess, its own SQLite store in a temporary directory) on
 the shipped model, then for each concurrency level runs that many clients, each streaming
 `--requests` completions of `--max-tokens` tokens from `/v1/completions` one after another.
-Reported per level: aggregate output tokens/s (all completion tokens / wall time), TTFT and
-inter-token latency (gap between content chunks) p50/p99. While the highest level runs, a
+The levels take turns, `--rounds` times over. Reported per level: aggregate output tokens/s
+(all completion tokens / wall time; the median over rounds), TTFT and inter-token latency
+(gap between content chunks) p50/p99 over all rounds. While the highest level runs, a
 separate process polls `/health` and reports its p99 latency, next to the same figure taken
 with the server idle. Every ratio compares numbers measured side by side in this run.
 """
@@ -53,10 +55,24 @@ class LevelResult:
     ttft_s: list[float] = field(default_factory=list)
     itl_s: list[float] = field(default_factory=list)
     health_s: list[float] = field(default_factory=list)
+    round_rates: list[float] = field(default_factory=list)  # tokens/s of each round
 
     @property
     def tokens_per_s(self) -> float:
+        """The median over rounds; for a single round, its own rate."""
+        if self.round_rates:
+            return statistics.median(self.round_rates)
         return self.completion_tokens / self.seconds if self.seconds else 0.0
+
+    def add_round(self, other: LevelResult) -> None:
+        self.seconds += other.seconds
+        self.completion_tokens += other.completion_tokens
+        self.requests += other.requests
+        self.errors += other.errors
+        self.ttft_s += other.ttft_s
+        self.itl_s += other.itl_s
+        self.health_s += other.health_s
+        self.round_rates.append(other.tokens_per_s)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -231,7 +247,8 @@ def _ms(value: float | None) -> str:
 def report(results: list[LevelResult], idle: list[float], args: argparse.Namespace) -> None:
     table = Table(
         title=f"Serving: concurrent streaming clients ({args.model}, {args.max_tokens} tokens "
-        f"per request, {args.requests} requests per client; latencies in ms)"
+        f"per request, {args.requests} requests per client, {args.rounds} rounds; output tok/s "
+        "is the median over rounds; latencies in ms, over all rounds)"
     )
     base_column = f"vs {results[0].clients}"
     columns = ["clients", "requests", "errors", "output tok/s", base_column, "TTFT p50"]
@@ -269,13 +286,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--requests", type=int, default=3, help="requests per client")
     parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds over all levels; tokens/s is the median"
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads in the server (0: torch default)"
     )
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--quick", action="store_true", help="1 request of 64 tokens per client")
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.max_tokens = 1, 64
+        args.requests, args.max_tokens, args.rounds = 1, 64, 1
     return args
 
 
@@ -296,7 +316,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         asyncio.run(_run_level(url, 1, argparse.Namespace(**{**vars(args), "requests": 1})))
         idle = idle_health(url)
-        results = [measure_level(url, n, args, probe=n == max(levels)) for n in levels]
+        results = [LevelResult(clients=n, seconds=0.0) for n in levels]
+        # Levels alternate within each round and the report takes medians over rounds, so
+        # the machine's drifts and neighbours' bursts hit every level alike.
+        for _ in range(args.rounds):
+            for result in results:
+                top = result.clients == max(levels)
+                result.add_round(measure_level(url, result.clients, args, probe=top))
     report(results, idle, args)
 
 
