@@ -1,14 +1,16 @@
 """`make bench`: engine speed of the shipped model, printed as tables with ratios.
 
 Sections: per-token decode latency against context (recurrent vs recompute), decode
-throughput against batch size, and prefill speed. Figures are medians of the decode steps of
-one run; every ratio compares numbers measured side by side in this run.
+throughput against batch size (the PyTorch path and the fused kernel), and prefill speed.
+Figures are medians of the decode steps of one run; every ratio compares numbers measured
+side by side in this run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 
 import torch
@@ -16,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark_api.engine_bench import measure_decode
-from core.engine import load_model
+from core.engine import kernels, load_model
 
 console = Console()
 
@@ -54,20 +56,48 @@ def decode_vs_context(lm, contexts: list[int], recompute_max: int, new_tokens: i
     )
 
 
-def decode_vs_batch(lm, batches: list[int], context: int, new_tokens: int) -> None:  # type: ignore[no-untyped-def]
-    table = Table(title=f"Decode throughput vs batch size (context {context}, recurrent)")
-    for column in ("batch", "ms/step", "tokens/s", "vs batch 1"):
+def decode_vs_batch(lm, batches: list[int], context: int, new_tokens: int, rounds: int = 3) -> None:  # type: ignore[no-untyped-def]
+    """Both decode kernels at each batch size, in interleaved rounds; medians reported."""
+    fused = kernels.fused_applies(lm.model.new_state(1), lm.model.lm_head)
+    kernel_names = ["torch", "fused"] if fused else ["torch"]
+    steps: dict[tuple[str, int], list[float]] = {}
+    saved = os.environ.get(kernels.KERNEL_ENV)
+    try:
+        for kernel in kernel_names:  # warm-up: the fused kernel compiles or loads on first use
+            os.environ[kernels.KERNEL_ENV] = kernel
+            measure_decode(lm.model, batch_size=1, context=8, new_tokens=2)
+        for _ in range(rounds):
+            for kernel in kernel_names:
+                os.environ[kernels.KERNEL_ENV] = kernel
+                for batch in batches:
+                    m = measure_decode(
+                        lm.model, batch_size=batch, context=context, new_tokens=new_tokens
+                    )
+                    steps.setdefault((kernel, batch), []).append(m.tpot_ms)
+    finally:
+        if saved is None:
+            os.environ.pop(kernels.KERNEL_ENV, None)
+        else:
+            os.environ[kernels.KERNEL_ENV] = saved
+    table = Table(
+        title=f"Decode throughput vs batch size (context {context}, recurrent; medians of "
+        f"{rounds} interleaved rounds; fused kernel over {kernels.threads()} threads)"
+    )
+    for column in ("kernel", "batch", "ms/step", "tokens/s", "vs batch 1", "vs torch"):
         table.add_column(column, justify="right")
-    single = None
-    for batch in batches:
-        m = measure_decode(lm.model, batch_size=batch, context=context, new_tokens=new_tokens)
-        single = single or m.decode_tokens_per_s
-        table.add_row(
-            str(batch),
-            f"{m.tpot_ms:.2f}",
-            f"{m.decode_tokens_per_s:,.0f}",
-            f"{m.decode_tokens_per_s / single:.2f}x",
-        )
+    for kernel in kernel_names:
+        for batch in batches:
+            ms = statistics.median(steps[(kernel, batch)])
+            single = statistics.median(steps[(kernel, batches[0])]) / batches[0]
+            torch_ms = statistics.median(steps[("torch", batch)])
+            table.add_row(
+                kernel,
+                str(batch),
+                f"{ms:.2f}",
+                f"{batch * 1000 / ms:,.0f}",
+                f"{single * batch / ms:.2f}x",
+                f"{torch_ms / ms:.2f}x",
+            )
     console.print(table)
 
 

@@ -120,6 +120,11 @@ def set_threads(threads: int | None) -> None:
     _threads = threads or max(1, os.cpu_count() or 1)
 
 
+def threads() -> int:
+    """Threads the state kernel may split a large batch over."""
+    return _threads
+
+
 def _pool() -> ThreadPoolExecutor:
     global _helpers
     with _helpers_lock:
