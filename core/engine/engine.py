@@ -19,8 +19,10 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from . import kernels
-from .language_model import PREFILL_CHUNK
+from .language_model import PREFILL_CHUNK, LanguageModel
 from .registry import ModelRegistry
 from .sampling import SamplingParams
 from .scheduler import EngineObserver, GenerationStream, Scheduler
@@ -73,6 +75,7 @@ class Engine:
             if scheduler is not None:
                 return scheduler
             lm = self.registry.load(model_name)
+            _warm_up(lm)
             scheduler = Scheduler(
                 lm,
                 max_batch=self.max_batch,
@@ -155,6 +158,14 @@ class Engine:
         """The lock that serialises loading one model (made only for models that exist)."""
         with self._lock:
             return self._loading.setdefault(model_name, threading.Lock())
+
+
+def _warm_up(lm: LanguageModel) -> None:
+    """One decode step before serving: compiles (or loads) the fused kernel, so the first
+    request does not pay for it and /ready means ready."""
+    with torch.inference_mode():
+        tokens = torch.zeros(1, dtype=torch.long, device=lm.device)
+        lm.model.decode_step(tokens, tokens, lm.model.new_state(1))
 
 
 def build_engine(settings: Settings, *, observer: EngineObserver | None = None) -> Engine:
