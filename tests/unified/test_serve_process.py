@@ -94,7 +94,8 @@ def start_long_run(
     client: httpx.Client, served: dict[str, Any], stack: contextlib.ExitStack
 ) -> tuple[str, ClientConnection]:
     """A generation run that is still running at SIGTERM, followed over a WebSocket."""
-    body = {"kind": "text", "model": "bdh-nano", "prompts": ["x"], "max_tokens": 4096}
+    # 32 sequences of 4096 tokens: far more than bdh-nano decodes within the grace periods.
+    body = {"kind": "text", "model": "bdh-nano", "prompts": ["x"] * 8, "n": 4, "max_tokens": 4096}
     run_id: str = client.post("/api/generator/run", json=body).json()["id"]
     url = f"ws://127.0.0.1:{served['port']}/api/generator/ws/{run_id}"
     ws = stack.enter_context(connect(url))
