@@ -114,7 +114,7 @@ def test_text_run_limits_fail_the_run_with_a_code(http: httpx.Client) -> None:
 def test_cancelling_a_text_run_stops_generation(
     http: httpx.Client, runs_server: LiveServer
 ) -> None:
-    body = {"kind": "text", "model": MODEL, "prompts": ["a", "b"], "max_tokens": 4000}
+    body = {"kind": "text", "model": MODEL, "prompts": ["a", "b"] * 4, "max_tokens": 4000}
     run_id = http.post("/api/generator/run", json=body).json()["id"]
     engine = runs_server.app.state.engine
     wait_until(lambda: engine.stats()["totals"]["running"] > 0, what="generation to start")
