@@ -47,6 +47,7 @@ KERNELS: Final = ("auto", "fused", "torch")
 MIN_SEQUENCES_PER_THREAD: Final = 4
 _threads = max(1, os.cpu_count() or 1)
 _helpers: ThreadPoolExecutor | None = None
+_helper_count = 0
 _helpers_lock = threading.Lock()
 
 _compiled: tuple[Callable[..., None], Callable[..., None]] | None = None
@@ -126,10 +127,11 @@ def threads() -> int:
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _helpers
+    global _helpers, _helper_count
     with _helpers_lock:
-        if _helpers is None or _helpers._max_workers < _threads - 1:
-            _helpers = ThreadPoolExecutor(_threads - 1, thread_name_prefix="hatchery-decode")
+        if _helpers is None or _helper_count < _threads - 1:
+            _helper_count = _threads - 1
+            _helpers = ThreadPoolExecutor(_helper_count, thread_name_prefix="hatchery-decode")
         return _helpers
 
 
@@ -150,8 +152,7 @@ def fused_applies(state: torch.Tensor, xs: torch.Tensor) -> bool:
     if choice == "fused":
         if not fits:
             raise ValueError("the fused decode kernel needs a float32 model on the CPU")
-        if _kernel() is None:
-            raise RuntimeError(f"the fused decode kernel is unavailable: {_unavailable}")
+        _kernels()  # raises when Numba is missing
         return True
     return fits and _kernel() is not None
 

@@ -76,11 +76,17 @@ def rope_frequencies(n: int) -> torch.Tensor:
     return 1.0 / (ROPE_THETA ** (quantized / n)) / (2 * math.pi)
 
 
+def rope_cos_sin(phases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the RoPE angles 2*pi*frac(phases)."""
+    angles = (phases % 1) * (2 * math.pi)
+    return torch.cos(angles), torch.sin(angles)
+
+
 def rope(phases: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Rotate neuron pairs of v by 2*pi*frac(phases); v_rot interleaves (-v[2i+1], v[2i])."""
     v_rot = torch.stack((-v[..., 1::2], v[..., ::2]), dim=-1).view(*v.size())
-    angles = (phases % 1) * (2 * math.pi)
-    return (v * torch.cos(angles)).to(v.dtype) + (v_rot * torch.sin(angles)).to(v.dtype)
+    cos, sin = rope_cos_sin(phases)
+    return (v * cos).to(v.dtype) + (v_rot * sin).to(v.dtype)
 
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
@@ -213,8 +219,7 @@ class BDH(nn.Module):
         x = layer_norm(self.embed(tokens))  # (B, D)
         fused = kernels.fused_applies(state, x)
         if fused:  # RoPE angles once per step, not per layer; the kernel applies them
-            angles = (phases.view(B, N) % 1) * (2 * math.pi)
-            cos, sin = torch.cos(angles), torch.sin(angles)  # (B, N)
+            cos, sin = rope_cos_sin(phases.view(B, N))  # (B, N)
         for layer in range(C.n_layer):
             xs = F.relu(x @ encoder).view(B, nh, N)  # (B, nh, N)
             if fused:
