@@ -9,9 +9,10 @@ the shipped model, then for each concurrency level runs that many clients, each 
 The levels take turns, `--rounds` times over. Reported per level: aggregate output tokens/s
 (all completion tokens / wall time; the median over rounds), TTFT and inter-token latency
 (gap between chunks with choices) p50/p99 over all rounds. The clients send and time their
-requests with the Benchmark component's code (`benchmark_api.serving_bench`, on aiohttp). While the highest level runs, a
-separate process polls `/health` and reports its p99 latency, next to the same figure taken
-with the server idle. Every ratio compares numbers measured side by side in this run.
+requests with the Benchmark component's code (`benchmark_api.serving_bench`, on aiohttp).
+While the highest level runs, a separate process polls `/health` and reports its p99 latency,
+next to the same figure taken with the server idle. Every ratio compares numbers measured
+side by side in this run.
 """
 
 from __future__ import annotations
