@@ -33,17 +33,19 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Final, TypeVar
 
 import torch
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # HATCHERY_DECODE_KERNEL=torch turns the fused kernel off (for comparisons and debugging).
 KERNEL_ENV: Final = "HATCHERY_DECODE_KERNEL"
 KERNELS: Final = ("auto", "fused", "torch")
 
-# Large batches split their sequences over this many threads (helpers block, never spin).
+# A decode step of a large batch splits its sequences over this many threads (`run_split`;
+# helpers block, never spin).
 MIN_SEQUENCES_PER_THREAD: Final = 4
 _threads = max(1, os.cpu_count() or 1)
 _helpers: ThreadPoolExecutor | None = None
@@ -157,6 +159,39 @@ def fused_applies(state: torch.Tensor, xs: torch.Tensor) -> bool:
     return fits and _kernel() is not None
 
 
+def split_bounds(batch: int) -> list[int]:
+    """Where a decode step of `batch` sequences splits over threads: [0, ..., batch].
+
+    Batches of fewer than 2 * MIN_SEQUENCES_PER_THREAD sequences stay whole ([0, batch]).
+    """
+    parts = max(1, min(_threads, batch // MIN_SEQUENCES_PER_THREAD))
+    return [batch * i // parts for i in range(parts + 1)]
+
+
+def run_split(work: Callable[[int, int], _T], batch: int) -> list[_T]:
+    """`work(begin, end)` for each part of `split_bounds(batch)`, in order of the parts.
+
+    The first part runs on the calling thread, the others at the same time on the helper
+    threads, in the caller's grad and inference mode (both are per thread in PyTorch). The
+    kernels and PyTorch's operators release the GIL, so the parts really run in parallel.
+    """
+    bounds = split_bounds(batch)
+    if len(bounds) == 2:
+        return [work(0, batch)]
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def in_callers_mode(begin: int, end: int) -> _T:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return work(begin, end)
+
+    futures = [
+        _pool().submit(in_callers_mode, bounds[i], bounds[i + 1]) for i in range(1, len(bounds) - 1)
+    ]
+    results = [work(bounds[0], bounds[1])]
+    results += [future.result() for future in futures]
+    return results
+
+
 def rope_attend_update_(
     state: torch.Tensor, xs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
@@ -168,26 +203,9 @@ def rope_attend_update_(
     B, nh, N, D = state.shape
     if not state.is_contiguous():
         raise ValueError("the fused decode kernel needs a contiguous state")
-    kernel = _kernels()[0]
     out = torch.empty(B, nh, D, dtype=torch.float32)
-    arrays: list[Any] = [
-        t.contiguous().numpy() for t in (state, xs, cos, sin, x, out)
-    ]  # (B, nh, N, D), (B, nh, N), (B, N), (B, N), (B, D), (B, nh, D)
-
-    def run(begin: int, end: int) -> None:  # sequences begin..end-1
-        S, q, c, s, v, o = (a[begin:end] for a in arrays)
-        kernel(S.reshape(-1, N, D), q.reshape(-1, N), c, s, v, nh, o.reshape(-1, D))
-
-    parts = min(_threads, B // MIN_SEQUENCES_PER_THREAD)
-    if parts <= 1:
-        run(0, B)
-        return out
-    # The kernel holds no GIL: the other parts run at the same time on the helper threads.
-    bounds = [B * i // parts for i in range(parts + 1)]
-    futures = [_pool().submit(run, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-    run(bounds[0], bounds[1])
-    for future in futures:
-        future.result()
+    S, q, c, s, v, o = (t.contiguous().numpy() for t in (state, xs, cos, sin, x, out))
+    _kernels()[0](S.reshape(-1, N, D), q.reshape(-1, N), c, s, v, nh, o.reshape(-1, D))
     return out
 
 

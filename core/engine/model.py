@@ -209,15 +209,30 @@ class BDH(nn.Module):
         Every product is a flat or per-head batched matmul, so no weight is ever broadcast
         (copied) per sequence; the state is the only per-sequence traffic. On the CPU in
         float32 that traffic goes through the fused kernel (`kernels`), one pass over the
-        rows RoPE leaves non-zero; elsewhere through `_attend_update_`.
+        rows RoPE leaves non-zero; elsewhere through `_attend_update_`. There a batch of
+        8 or more sequences splits over `kernels.threads()` threads, each running this whole
+        step for its part: rows never mix, so the parts compute what the whole batch would.
         """
+        fused = kernels.fused_applies(state, self.lm_head)
+        if fused and len(kernels.split_bounds(tokens.size(0))) > 2:
+            parts = kernels.run_split(
+                lambda b, e: self._decode_rows(tokens[b:e], positions[b:e], state[:, b:e], True),
+                tokens.size(0),
+            )
+            return torch.cat(parts)
+        return self._decode_rows(tokens, positions, state, fused)
+
+    @torch.no_grad()
+    def _decode_rows(
+        self, tokens: torch.Tensor, positions: torch.Tensor, state: torch.Tensor, fused: bool
+    ) -> torch.Tensor:
+        """`decode_step` for one part of a batch (all of it unless it is split over threads)."""
         B = tokens.size(0)
         C = self.config
         nh, N = C.n_head, C.neurons_per_head
         phases = positions.to(torch.float32).view(B, 1, 1) * self.freqs.view(1, 1, N)  # (B, 1, N)
         encoder = self._decode_encoder()  # (D, nh*N)
         x = layer_norm(self.embed(tokens))  # (B, D)
-        fused = kernels.fused_applies(state, x)
         if fused:  # RoPE angles once per step, not per layer; the kernel applies them
             cos, sin = rope_cos_sin(phases.view(B, N))  # (B, N)
         for layer in range(C.n_layer):
