@@ -211,7 +211,8 @@ class BDH(nn.Module):
         float32 that traffic goes through the fused kernel (`kernels`), one pass over the
         rows RoPE leaves non-zero; elsewhere through `_attend_update_`. There a batch of
         8 or more sequences splits over `kernels.threads()` threads, each running this whole
-        step for its part: rows never mix, so the parts compute what the whole batch would.
+        step for its part. Rows never mix; as with any change of batch size, BLAS products
+        may round differently in the last bit.
         """
         fused = kernels.fused_applies(state, self.lm_head)
         if fused and len(kernels.split_bounds(tokens.size(0))) > 2:

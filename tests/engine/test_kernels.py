@@ -85,6 +85,33 @@ def test_a_sequence_decodes_the_same_alone_or_in_a_split_batch(
     assert torch.allclose(batch[:, 6], alone[:, 0], rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_split_step_computes_what_the_whole_batch_would(
+    monkeypatch: pytest.MonkeyPatch, kernel_threads: None, threads: int
+) -> None:
+    """Every part runs the whole step for its rows; only BLAS may round by part size."""
+    kernels.set_threads(1)
+    model = nano_model(scale=5.0)
+    whole, whole_state = _decode(model, "fused", monkeypatch, steps=6, batch=12)
+    kernels.set_threads(threads)
+    assert len(kernels.split_bounds(12)) == threads + 1
+    with torch.inference_mode():  # the helpers take the caller's mode
+        split, split_state = _decode(model, "fused", monkeypatch, steps=6, batch=12)
+    assert (split - whole).abs().max().item() <= 1e-5
+    scale = whole_state.abs().max().item()
+    assert (split_state - whole_state).abs().max().item() <= 1e-6 * scale
+
+
+def test_split_bounds(kernel_threads: None) -> None:
+    kernels.set_threads(2)
+    assert kernels.split_bounds(1) == [0, 1]
+    assert kernels.split_bounds(7) == [0, 7]  # fewer than 4 sequences per thread: whole
+    assert kernels.split_bounds(9) == [0, 4, 9]
+    kernels.set_threads(4)
+    assert kernels.split_bounds(16) == [0, 4, 8, 12, 16]
+    assert kernels.run_split(lambda b, e: (b, e), 12) == [(0, 4), (4, 8), (8, 12)]
+
+
 def test_sparse_decode_equals_the_dense_product() -> None:
     gen = torch.Generator().manual_seed(7)
     xs = torch.relu(torch.randn(5, 64, generator=gen))
