@@ -144,10 +144,19 @@ class BDH(nn.Module):
     # ----------------------------------------------------------------------------------------
     # Recurrent form (inference)
 
-    def new_state(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    def new_state(
+        self, batch_size: int, device: torch.device | str | None = None, *, zeroed: bool = True
+    ) -> torch.Tensor:
+        """The state of `batch_size` empty sequences (zeros).
+
+        With `zeroed=False` the contents are left undefined: enough for a state whose first
+        use is `prefill_chunk` at position 0, which overwrites all of it.
+        """
         C = self.config
         shape = (C.n_layer, batch_size, C.n_head, C.neurons_per_head, C.n_embd)
-        return torch.zeros(shape, dtype=torch.float32, device=device or self.lm_head.device)
+        device = device or self.lm_head.device
+        make = torch.zeros if zeroed else torch.empty
+        return make(shape, dtype=torch.float32, device=device)
 
     @torch.no_grad()
     def prefill(
@@ -166,8 +175,8 @@ class BDH(nn.Module):
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         B, T = idx.size()
-        if state is None:
-            state = self.new_state(B, idx.device)
+        if state is None:  # a first chunk at position 0 writes all of it
+            state = self.new_state(B, idx.device, zeroed=start_pos != 0 or T == 0)
         outputs = []
         for begin in range(0, T, chunk_size):
             chunk = idx[:, begin : begin + chunk_size]
@@ -178,7 +187,11 @@ class BDH(nn.Module):
 
     @torch.no_grad()
     def prefill_chunk(self, idx: torch.Tensor, state: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """One chunk (B, C) at positions start_pos..start_pos+C-1; returns logits (B, C, V)."""
+        """One chunk (B, C) at positions start_pos..start_pos+C-1; returns logits (B, C, V).
+
+        `state` holds positions before `start_pos` and is updated in place. At position 0 it
+        holds nothing, so it is written, not read: its old contents do not matter.
+        """
         B, T = idx.size()
         C = self.config
         D, nh, N = C.n_embd, C.n_head, C.neurons_per_head
@@ -192,8 +205,11 @@ class BDH(nn.Module):
             q = rope(phases, xs)  # (B, nh, T, N)
             q32, x32 = q.float(), x.float()
             a = (q32 @ q32.mT).tril(diagonal=-1) @ x32  # (B, nh, T, D) within the chunk
-            a = a + q32 @ S  # (B, nh, T, D) from earlier chunks
-            S.add_(q32.mT @ x32.expand(B, nh, T, D))  # (B, nh, N, D)
+            if start_pos == 0:  # no earlier chunk: S = q^T x, with no read of S at all
+                torch.matmul(q32.mT, x32.expand(B, nh, T, D), out=S)  # (B, nh, N, D)
+            else:
+                a = a + q32 @ S  # (B, nh, T, D) from earlier chunks
+                S.add_(q32.mT @ x32.expand(B, nh, T, D))  # (B, nh, N, D)
             ys = F.relu(layer_norm(a.to(x.dtype)) @ self.encoder_v)  # (B, nh, T, N)
             m = (xs * ys).transpose(1, 2).reshape(B, 1, T, nh * N) @ self.decoder  # (B, 1, T, D)
             x = layer_norm(x + layer_norm(m))  # (B, 1, T, D)

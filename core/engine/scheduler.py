@@ -575,7 +575,8 @@ class Scheduler:
                 if spent + (end - begin) > self.prefill_budget:
                     return
                 if request.state is None:  # allocated on first use: 201 MB for bdh-official
-                    request.state = model.new_state(1)
+                    # The first chunk starts at position 0 and writes the whole state.
+                    request.state = model.new_state(1, zeroed=False)
                 chunk = torch.tensor([ids[begin:end]], device=self.lm.device)  # (1, C)
                 logits = model.prefill_chunk(chunk, request.state, begin)  # (1, C, V)
                 spent += end - begin

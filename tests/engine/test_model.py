@@ -43,6 +43,21 @@ def test_chunked_prefill_equals_whole(nano: BDH, chunk: int) -> None:
     assert torch.allclose(logits[:, -1], whole_logits, atol=1e-4)
 
 
+def test_a_prefill_from_position_0_writes_the_state_without_reading_it(nano: BDH) -> None:
+    idx = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(8))
+    zeros = nano.new_state(2)
+    assert zeros.abs().max() == 0
+    garbage = nano.new_state(2, zeroed=False).fill_(float("nan"))
+    expected = nano.prefill_chunk(idx[:, :24], zeros, 0)
+    assert torch.equal(nano.prefill_chunk(idx[:, :24], garbage, 0), expected)
+    assert torch.equal(garbage, zeros)
+    # later chunks read what the first one wrote
+    assert torch.equal(
+        nano.prefill_chunk(idx[:, 24:], garbage, 24), nano.prefill_chunk(idx[:, 24:], zeros, 24)
+    )
+    assert not garbage.isnan().any()
+
+
 def test_prefill_then_decode_continues_the_sequence(nano: BDH) -> None:
     idx = torch.randint(0, 256, (1, 80), generator=torch.Generator().manual_seed(2))
     reference, _ = nano(idx)
