@@ -3,7 +3,7 @@
 
 Requests are strict like OpenAI's own API: an unknown field is a 400, not silently ignored, so a
 typo never falls back to a default. Fields OpenAI defines that a byte-level BDH model cannot
-honour (`logit_bias`, `suffix`, `best_of` ≠ n, tools, non-text content) are accepted by the
+honour (`suffix`, `best_of` ≠ n, tools, non-text content) are accepted by the
 schema and refused by `to_sampling_params` / the serving layer with 400
 ``unsupported_parameter`` naming the field. Top-k, min-p and repetition penalty are the vLLM
 extensions. Each request turns itself into the engine's `SamplingParams` with
@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.config import Settings
-from core.engine.sampling import MAX_LOGPROBS, MAX_STOP_STRINGS, SamplingParams
+from core.engine.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP_STRINGS, SamplingParams
 from core.errors import InvalidRequest
 
 # OpenAI caps legacy completion logprobs at 5 and chat top_logprobs at 20.
@@ -94,12 +94,33 @@ class _SamplingRequest(BaseModel):
         limits = settings.generation
         if self.n > limits.max_n:
             raise invalid_value("n", f"n={self.n} exceeds this server's limit of {limits.max_n}")
-        if self.logit_bias:
-            raise unsupported("logit_bias", "logit_bias is not supported by this server's sampler")
+        self._logit_bias()  # checked early, so a bad map is a 400 before anything runs
         if self.stream_options is not None and not self.stream:
             raise invalid_value(
                 "stream_options", "stream_options is only allowed when stream is true"
             )
+
+    def _logit_bias(self) -> dict[int, float]:
+        """OpenAI's map of token id (a string key in JSON) to a bias in [-100, 100]."""
+        bias: dict[int, float] = {}
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                token = int(key)
+            except ValueError:
+                raise invalid_value(
+                    "logit_bias", f"logit_bias key {key!r} is not a token id"
+                ) from None
+            if not 0 <= token <= 255:
+                raise invalid_value(
+                    "logit_bias", f"logit_bias token id {token} is not a byte: use 0 to 255"
+                )
+            if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+                raise invalid_value(
+                    "logit_bias",
+                    f"logit_bias values must be in [-100, 100], got {value} for token {token}",
+                )
+            bias[token] = value
+        return bias
 
     def _check_max_tokens(self, value: int, param: str, settings: Settings) -> None:
         limit = settings.generation.max_tokens_limit
@@ -128,6 +149,7 @@ class _SamplingRequest(BaseModel):
             }
         )
         values.update(max_tokens=max_tokens, n=self.n, seed=self.seed, logprobs=logprobs)
+        values["logit_bias"] = self._logit_bias()
         values["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         try:
             return SamplingParams(**values)

@@ -6,8 +6,8 @@ runs alone or in a batch of any size. The work itself is batched (`sample_rows`)
 
 Order of processing for one step, as in vLLM::
 
-    raw logits (V,) ─ penalties ─ greedy? argmax
-                                └ / temperature ─ top_k ─ top_p ─ min_p ─ inverse CDF
+    raw logits (V,) ─ penalties ─ logit_bias ─ greedy? argmax
+                                             └ / temperature ─ top_k ─ top_p ─ min_p ─ inverse CDF
 
 The draw is one uniform number from the sequence's generator, mapped through the cumulative
 distribution: one random number per token, in a row's own stream.
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 GREEDY_TEMPERATURE: Final = 1e-5
 MAX_STOP_STRINGS: Final = 16
 MAX_LOGPROBS: Final = 20
+MAX_LOGIT_BIAS: Final = 100.0  # OpenAI's bound
 
 
 class SamplingParams(BaseModel):
@@ -53,6 +54,23 @@ class SamplingParams(BaseModel):
     logprobs: int | None = Field(
         default=None, ge=0, le=MAX_LOGPROBS, description="Top alternatives returned per token."
     )
+    logit_bias: dict[int, float] = Field(
+        default_factory=dict,
+        description="Token id -> bias in [-100, 100], added to the logits before sampling.",
+    )
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_range(cls, value: dict[int, float]) -> dict[int, float]:
+        for token, bias in value.items():
+            if token < 0:
+                raise ValueError(f"logit_bias token ids must not be negative, got {token}")
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise ValueError(
+                    f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], "
+                    f"got {bias} for token {token}"
+                )
+        return value
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -116,6 +134,19 @@ def apply_penalties(
             - params.presence_penalty * (counts > 0).float()
         )
     return logits
+
+
+def apply_logit_bias_(logits: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:
+    """Add each token's bias to `logits` (V,) in place (OpenAI's logit_bias).
+
+    Ids beyond the vocabulary raise ValueError; requests are checked before they get here.
+    """
+    tokens = list(bias)
+    if max(tokens) >= logits.size(-1):
+        raise ValueError(f"logit_bias token id {max(tokens)} is not in the vocabulary")
+    index = torch.tensor(tokens, dtype=torch.long, device=logits.device)
+    values = torch.tensor([bias[t] for t in tokens], dtype=logits.dtype, device=logits.device)
+    return logits.index_add_(0, index, values)
 
 
 def _has_filters(params: SamplingParams) -> bool:
@@ -186,10 +217,13 @@ def sample_rows(
     for i, p in enumerate(params):
         prompt = prompt_counts[i] if prompt_counts else None
         output = output_counts[i] if output_counts else None
-        if output is not None or prompt is not None:
+        if output is not None or prompt is not None or p.logit_bias:
             if processed is raw:
                 processed = raw.clone()
-            processed[i] = apply_penalties(raw[i], p, prompt, output)
+            if output is not None or prompt is not None:
+                processed[i] = apply_penalties(raw[i], p, prompt, output)
+            if p.logit_bias:
+                apply_logit_bias_(processed[i], p.logit_bias)
     tokens = torch.empty(batch, dtype=torch.long)
     greedy = [i for i, p in enumerate(params) if p.greedy]
     if greedy:

@@ -63,6 +63,8 @@ def draw(logits: torch.Tensor, params: SamplingParams, count: int, seed: int = 0
         ({"stop": ["ok", ""]}, "stop"),
         ({"stop": ["x"] * 17}, "stop"),
         ({"temprature": 0.5}, "temprature"),
+        ({"logit_bias": {65: 100.5}}, "logit_bias"),
+        ({"logit_bias": {-1: 1.0}}, "logit_bias"),
     ],
 )
 def test_invalid_parameter_is_named(kwargs: dict[str, Any], field: str) -> None:
@@ -280,6 +282,38 @@ def test_penalties_steer_greedy_choice() -> None:
     token, logprob = sample_next(logits, params, generator, output_counts=output_counts)
     assert token == 1
     assert logprob == pytest.approx(float(torch.log_softmax(logits, dim=-1)[1]))
+
+
+def test_logit_bias_steers_greedy_and_sampled_choices_but_not_logprobs() -> None:
+    logits = torch.tensor([1.0, 0.9, 0.0, -1.0])
+    original = logits.clone()
+    raw = torch.log_softmax(logits, dim=-1)
+    banned = SamplingParams(temperature=0, logit_bias={0: -100})
+    token, logprob = sample_next(logits, banned, make_generator(0))
+    assert token == 1 and logprob == pytest.approx(float(raw[1]))  # logprobs stay raw
+    forced = SamplingParams(temperature=1.0, top_p=0.9, logit_bias={3: 100})
+    generator = make_generator(1)
+    assert {sample_next(logits, forced, generator)[0] for _ in range(50)} == {3}
+    assert torch.equal(logits, original)  # the caller's logits are untouched
+
+
+def test_a_biased_row_samples_the_same_alone_or_beside_unbiased_rows() -> None:
+    logits = torch.randn(3, 8, generator=torch.Generator().manual_seed(3))
+    params = [
+        SamplingParams(temperature=0.7, seed=1),
+        SamplingParams(temperature=0.7, seed=2, logit_bias={5: 3.0, 1: -2.5}),
+        SamplingParams(temperature=0, logit_bias={7: 50}),
+    ]
+    batch = sample_rows(logits, params, [make_generator(p.seed) for p in params])
+    alone = [sample_next(logits[i], p, make_generator(p.seed))[0] for i, p in enumerate(params)]
+    assert [token for token, _ in batch] == alone
+    assert batch[2][0] == 7
+
+
+def test_logit_bias_outside_the_vocabulary_is_an_error() -> None:
+    params = SamplingParams(temperature=0, logit_bias={9: 1.0})
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        sample_next(torch.zeros(4), params, make_generator(0))
 
 
 # --- stop strings -----------------------------------------------------------------------------

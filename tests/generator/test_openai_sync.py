@@ -203,7 +203,9 @@ def test_chat_logprobs_have_the_chat_shape(client: openai.OpenAI) -> None:
         ({"prompt": [1, 300]}, "prompt", "invalid_value"),
         ({"temperature": 3}, "temperature", "invalid_request"),
         ({"logprobs": 6}, "logprobs", "invalid_request"),
-        ({"logit_bias": {"65": 5}}, "logit_bias", "unsupported_parameter"),
+        ({"logit_bias": {"300": 5}}, "logit_bias", "invalid_value"),
+        ({"logit_bias": {"A": 5}}, "logit_bias", "invalid_value"),
+        ({"logit_bias": {"65": 101}}, "logit_bias", "invalid_value"),
         ({"suffix": "end"}, "suffix", "unsupported_parameter"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
         ({"bogus": 1}, "bogus", "invalid_request"),
@@ -237,6 +239,32 @@ def test_errors_surface_as_sdk_exceptions_before_any_stream(client: openai.OpenA
         )
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+
+
+def test_logit_bias_steers_completions_and_chat(client: openai.OpenAI) -> None:
+    forced = client.completions.create(
+        model=MODEL, prompt="x", max_tokens=12, temperature=1.0, logit_bias={"65": 100}
+    )
+    assert forced.choices[0].text == "A" * 12
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=8,
+        temperature=0,
+        logit_bias={"66": 100},
+    )
+    assert chat.choices[0].message.content == "B" * 8
+
+    # a ban: greedy text never contains the banned byte
+    def greedy_tokens(**extra: Any) -> list[str]:
+        choice = client.completions.create(**GREEDY, prompt="the ", logprobs=0, **extra).choices[0]
+        assert choice.logprobs is not None and choice.logprobs.tokens
+        return choice.logprobs.tokens  # "A", or "bytes:\\xNN" for other bytes
+
+    plain = greedy_tokens()
+    favourite = max(set(plain), key=plain.count)  # the byte greedy decoding likes most
+    byte = int(favourite[-2:], 16) if favourite.startswith("bytes:") else ord(favourite)
+    assert favourite not in greedy_tokens(logit_bias={str(byte): -100})
 
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
