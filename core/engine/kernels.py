@@ -57,6 +57,7 @@ _threads = max(1, os.cpu_count() or 1)
 _helpers: ThreadPoolExecutor | None = None
 _helper_count = 0
 _helpers_lock = threading.Lock()
+_in_part = threading.local()  # .active: this thread runs a part of a split
 
 _compiled: tuple[Callable[..., None], Callable[..., None]] | None = None
 _unavailable: str | None = None
@@ -139,20 +140,24 @@ def run_split(work: Callable[[int, int], _T], batch: int) -> list[_T]:
     The first part runs on the calling thread, the others at the same time on the helper
     threads, in the caller's grad and inference mode (both are per thread in PyTorch). The
     kernels and PyTorch's operators release the GIL, so the parts really run in parallel.
+    Splits never nest: called from inside a part, this runs `work(0, batch)` whole (a part
+    waiting on helpers that are busy with its siblings could wait forever).
     """
     bounds = split_bounds(batch)
-    if len(bounds) == 2:
+    if len(bounds) == 2 or getattr(_in_part, "active", False):
         return [work(0, batch)]
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
-    def in_callers_mode(begin: int, end: int) -> _T:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return work(begin, end)
+    def part(begin: int, end: int) -> _T:
+        _in_part.active = True
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return work(begin, end)
+        finally:
+            _in_part.active = False
 
-    futures = [
-        _pool().submit(in_callers_mode, bounds[i], bounds[i + 1]) for i in range(1, len(bounds) - 1)
-    ]
-    results = [work(bounds[0], bounds[1])]
+    futures = [_pool().submit(part, bounds[i], bounds[i + 1]) for i in range(1, len(bounds) - 1)]
+    results = [part(bounds[0], bounds[1])]
     results += [future.result() for future in futures]
     return results
 

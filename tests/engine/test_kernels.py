@@ -112,6 +112,17 @@ def test_split_bounds(kernel_threads: None) -> None:
     assert kernels.run_split(lambda b, e: (b, e), 12) == [(0, 4), (4, 8), (8, 12)]
 
 
+def test_splits_do_not_nest(kernel_threads: None) -> None:
+    """A split inside a part runs whole, even with every helper busy (no deadlock)."""
+    kernels.set_threads(2)
+
+    def outer(begin: int, end: int) -> list[tuple[int, int]]:
+        return kernels.run_split(lambda b, e: (begin + b, begin + e), end - begin)
+
+    assert kernels.run_split(outer, 16) == [[(0, 8)], [(8, 16)]]
+    assert kernels.run_split(lambda b, e: (b, e), 8) == [(0, 4), (4, 8)]  # the guard is reset
+
+
 def test_sparse_decode_equals_the_dense_product() -> None:
     gen = torch.Generator().manual_seed(7)
     xs = torch.relu(torch.randn(5, 64, generator=gen))
