@@ -217,10 +217,11 @@ def sample_rows(
     for i, p in enumerate(params):
         prompt = prompt_counts[i] if prompt_counts else None
         output = output_counts[i] if output_counts else None
-        if output is not None or prompt is not None or p.logit_bias:
+        penalised = output is not None or prompt is not None
+        if penalised or p.logit_bias:
             if processed is raw:
                 processed = raw.clone()
-            if output is not None or prompt is not None:
+            if penalised:
                 processed[i] = apply_penalties(raw[i], p, prompt, output)
             if p.logit_bias:
                 apply_logit_bias_(processed[i], p.logit_bias)
