@@ -1,35 +1,39 @@
-"""The fused CPU decode kernel: RoPE, the linear-attention read and the state update in one pass.
+"""The fused CPU decode kernel: a whole decode step of a batch in one call.
 
-For one decode step, each (sequence, head) row of a layer does, in the order of
-`BDH.decode_step`::
+`BDH.decode_step` on the CPU in float32 hands its part of the batch to `decode_rows`, which
+runs every layer for every row without returning to Python: embedding and LayerNorms, the
+two encoder products, RoPE, the linear-attention read and state update, the sparse decoder
+product and the LM head. Compared with one PyTorch operator at a time, that removes about
+forty dispatches a step (each needing the GIL the event loop also wants) and the packing a
+BLAS does for products of a few rows, and it makes every row's arithmetic independent of
+the others: alone or in any batch, a sequence gets bit-identical logits and state.
 
-    q = rope(phase, xs)        # (N,)  xs = relu(x @ encoder), about 1/3 of it non-zero
+The heart of it is the state pass. Each (sequence, head) row of a layer does::
+
+    q = rope(phase, xs)        # (N,)  xs = relu(x @ encoder), sparse
     a = q @ S                  # (D,)  reads the state before this token is added
     S += q^T x                 # (N, D)
 
-With PyTorch that is three passes over the float32 state (two reads, one write) plus five
-element-wise RoPE ops. Batched decode on a CPU is bound by exactly that memory traffic: a
-sequence of the shipped model carries 4 MB of state, so 16 sequences do not fit in cache.
-Two facts make it cheaper:
+Batched decode on a CPU is bound by that memory traffic: a sequence of the shipped model
+carries 4 MB of state, so 16 sequences do not fit in cache. Two facts make it cheaper:
 
-- q and the update share rows, so one pass can read S[n], add q[n] * S[n] to `a` and write
+- q and the update share rows, so one pass reads S[n], adds q[n] * S[n] to `a` and writes
   S[n] + q[n] * x back;
-- a RoPE pair (2i, 2i+1) of q is zero when both xs[2i] and xs[2i+1] are zero (ReLU makes about
-  half the pairs so), and then neither its rows of `a` nor of S change: they are skipped.
+- a RoPE pair (2i, 2i+1) of q is zero when both xs[2i] and xs[2i+1] are zero (ReLU makes many
+  pairs so), and then neither its rows of `a` nor of S change: they are skipped.
 
 Which pairs a token touches depends on its activations, so the hardware prefetcher cannot
 guess the next one; the kernel lists a row's active pairs first and prefetches a couple of
 pairs ahead (`numba_kernels.PREFETCH_AHEAD`), which hides most of the memory latency once the
-states outgrow the cache (about 17% off a 16-sequence decode step here).
+states outgrow the cache.
 
-The result is the same arithmetic as the PyTorch path (products and sums in the same order,
-in float32, no fast-math reassociation), so the logits agree to float rounding; the tests hold
-both paths to each other and to the parallel form.
+Everything is float32 without fast-math reassociation (LayerNorm statistics in float64), so
+the logits agree with the PyTorch path to float rounding; the tests hold both paths to each
+other and to the parallel form.
 
 The kernels live in `numba_kernels`, compiled by Numba on first use (cached on disk next to
-it, about 1 s the first time); they release the GIL while they run, so the event loop keeps
-serving meanwhile. Without Numba (or on GPU, or for bfloat16 models) `decode_step` uses the
-PyTorch path.
+it); they release the GIL while they run, so the event loop keeps serving meanwhile. Without
+Numba (or on GPU, or for bfloat16 models) `decode_step` uses the PyTorch path.
 """
 
 from __future__ import annotations
@@ -59,18 +63,18 @@ _helper_count = 0
 _helpers_lock = threading.Lock()
 _in_part = threading.local()  # .active: this thread runs a part of a split
 
-_compiled: tuple[Callable[..., None], Callable[..., None]] | None = None
+_compiled: Callable[..., None] | None = None
 _unavailable: str | None = None
 
 
-def _compile() -> tuple[Callable[..., None], Callable[..., None]]:
-    """Load the Numba kernels (raises ImportError without Numba)."""
+def _compile() -> Callable[..., None]:
+    """Load the Numba kernel (raises ImportError without Numba)."""
     from . import numba_kernels  # optional, and slow to import: only when first needed
 
-    return numba_kernels.rope_attend_update, numba_kernels.sparse_decode
+    return numba_kernels.decode_rows
 
 
-def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
+def _kernel() -> Callable[..., None] | None:
     global _compiled, _unavailable
     if _compiled is None and _unavailable is None:
         try:
@@ -162,36 +166,31 @@ def run_split(work: Callable[[int, int], _T], batch: int) -> list[_T]:
     return results
 
 
-def rope_attend_update_(
-    state: torch.Tensor, xs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, x: torch.Tensor
+def decode_rows(
+    tokens: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    state: torch.Tensor,
+    weights: tuple[torch.Tensor, ...],
 ) -> torch.Tensor:
-    """One layer of one decode step; `state` (B, nh, N, D) is updated in place.
+    """One whole decode step of B sequences in one kernel call; returns logits (B, V).
 
-    xs (B, nh, N) = relu(x @ encoder), cos/sin (B, N) of the RoPE angles, x (B, D); all
-    float32 on the CPU. Returns the attention read a (B, nh, D).
+    tokens (B,); cos/sin (B, N) of the RoPE angles; state (n_layer, B, nh, N, D) float32,
+    updated in place, each layer's part contiguous (a slice of a slot pool along B is);
+    weights: embed (V, D), encoder (D, nh*N), encoder_v (nh, D, N), decoder (nh*N, D) and
+    lm_head (D, V), float32 and contiguous.
     """
-    B, nh, N, D = state.shape
-    if not state.is_contiguous():
-        raise ValueError("the fused decode kernel needs a contiguous state")
-    out = torch.empty(B, nh, D, dtype=torch.float32)
-    S, q, c, s, v, o = (t.contiguous().numpy() for t in (state, xs, cos, sin, x, out))
-    _kernels()[0](S.reshape(-1, N, D), q.reshape(-1, N), c, s, v, nh, o.reshape(-1, D))
-    return out
+    if not all(layer.is_contiguous() for layer in state):
+        raise ValueError("the fused decode kernel needs each layer's state contiguous")
+    layers = tuple(layer.numpy() for layer in state)
+    logits = torch.empty(tokens.size(0), weights[-1].size(1), dtype=torch.float32)
+    arrays = (t.contiguous().numpy() for t in (tokens, cos, sin))
+    _kernels()(*arrays, layers, *(w.numpy() for w in weights), logits.numpy())
+    return logits
 
 
-def sparse_decode(xs: torch.Tensor, ys: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
-    """m = (xs * ys) @ decoder, reading only the decoder rows of non-zero products.
-
-    xs, ys (B, nh*N) float32 are both ReLU outputs: about 1 product in 10 is non-zero, so
-    this reads a tenth of the decoder a dense matmul would. decoder (nh*N, D); returns (B, D).
-    """
-    m = torch.empty(xs.size(0), decoder.size(1), dtype=torch.float32)
-    _kernels()[1](*(t.contiguous().numpy() for t in (xs, ys, decoder)), m.numpy())
-    return m
-
-
-def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
-    kernels = _kernel()
-    if kernels is None:
+def _kernels() -> Callable[..., None]:
+    kernel = _kernel()
+    if kernel is None:
         raise RuntimeError(f"the fused decode kernel is unavailable: {_unavailable}")
-    return kernels
+    return kernel

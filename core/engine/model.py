@@ -222,13 +222,14 @@ class BDH(nn.Module):
         """Advance B sequences by one token each; `positions` (B,) may all differ.
 
         Reads and updates `state` (n_layer, B, nh, N, D) in place; returns logits (B, V).
-        Every product is a flat or per-head batched matmul, so no weight is ever broadcast
-        (copied) per sequence; the state is the only per-sequence traffic. On the CPU in
-        float32 that traffic goes through the fused kernel (`kernels`), one pass over the
-        rows RoPE leaves non-zero; elsewhere through `_attend_update_`. There a batch of
-        8 or more sequences splits over `kernels.threads()` threads, each running this whole
-        step for its part. Rows never mix; as with any change of batch size, BLAS products
-        may round differently in the last bit.
+        On the CPU in float32 the whole step is one call of the fused kernel
+        (`kernels.decode_rows`): no per-operator dispatch and no GIL while it runs, and
+        every row computed on its own in a fixed order, so a sequence's logits and state are
+        bit-identical alone or in any batch. A batch of 8 or more sequences splits over
+        `kernels.threads()` threads, one kernel call each. Elsewhere (GPU, bfloat16) it runs
+        PyTorch operators: every product is a flat or per-head batched matmul, so no weight
+        is ever broadcast (copied) per sequence, and BLAS may round differently in the last
+        bit as the batch size changes.
         """
         fused = kernels.fused_applies(state, self.lm_head)
         if fused and len(kernels.split_bounds(tokens.size(0))) > 2:
@@ -249,21 +250,17 @@ class BDH(nn.Module):
         nh, N = C.n_head, C.neurons_per_head
         phases = positions.to(torch.float32).view(B, 1, 1) * self.freqs.view(1, 1, N)  # (B, 1, N)
         encoder = self._decode_encoder()  # (D, nh*N)
-        x = layer_norm(self.embed(tokens))  # (B, D)
-        if fused:  # RoPE angles once per step, not per layer; the kernel applies them
+        if fused:  # the whole step in one kernel call; RoPE angles once, not per layer
             cos, sin = rope_cos_sin(phases.view(B, N))  # (B, N)
+            weights = (self.embed.weight, encoder, self.encoder_v, self.decoder, self.lm_head)
+            return kernels.decode_rows(tokens, cos, sin, state, tuple(w.detach() for w in weights))
+        x = layer_norm(self.embed(tokens))  # (B, D)
         for layer in range(C.n_layer):
             xs = F.relu(x @ encoder).view(B, nh, N)  # (B, nh, N)
-            if fused:
-                a = kernels.rope_attend_update_(state[layer], xs, cos, sin, x)  # (B, nh, D)
-            else:
-                a = self._attend_update_(state[layer], rope(phases, xs), x)  # (B, nh, D)
+            a = self._attend_update_(state[layer], rope(phases, xs), x)  # (B, nh, D)
             a = layer_norm(a.to(x.dtype))  # (B, nh, D)
             ys = F.relu(torch.bmm(a.transpose(0, 1), self.encoder_v)).transpose(0, 1)  # (B, nh, N)
-            if fused:
-                m = kernels.sparse_decode(xs.view(B, nh * N), ys.reshape(B, nh * N), self.decoder)
-            else:
-                m = (xs * ys).reshape(B, nh * N) @ self.decoder  # (B, D)
+            m = (xs * ys).reshape(B, nh * N) @ self.decoder  # (B, D)
             x = layer_norm(x + layer_norm(m))  # (B, D)
         return x @ self.lm_head  # (B, V)
 
