@@ -59,6 +59,16 @@ def open_scheduler_sync(engine: Any, model: str) -> Scheduler:
 
 
 async def open_scheduler(engine: Any, model: str) -> Scheduler:
+    """`open_scheduler_sync` in a worker thread, unless the model's scheduler already runs:
+    then it is a dictionary lookup, done here (a thread hop per request costs milliseconds
+    of time to first token when the engine keeps both cores busy)."""
+    if engine is not None:
+        try:
+            scheduler: Scheduler | None = engine.started_scheduler(model)
+        except RuntimeError as exc:  # the engine is shutting down
+            raise NotReady(str(exc), code="engine_unavailable") from exc
+        if scheduler is not None:
+            return scheduler
     return await asyncio.to_thread(open_scheduler_sync, engine, model)
 
 

@@ -83,6 +83,7 @@ class Engine:
                 prefill_chunk=self.prefill_chunk,
                 prefill_budget=self.prefill_budget,
                 observer=self.observer,
+                lanes=decode_lanes(lm),
             )
             with self._lock:
                 if self._closed:
@@ -90,6 +91,11 @@ class Engine:
                 self._schedulers[model_name] = scheduler.start()
             logger.info("scheduler started for %s", model_name)
             return scheduler
+
+    def started_scheduler(self, model_name: str) -> Scheduler | None:
+        """The model's scheduler if it is already running, else None; never blocks on a load
+        (so an event loop may call it). Raises RuntimeError once the engine is shut down."""
+        return self._lookup(model_name)
 
     def submit(
         self,
@@ -158,6 +164,13 @@ class Engine:
         """The lock that serialises loading one model (made only for models that exist)."""
         with self._lock:
             return self._loading.setdefault(model_name, threading.Lock())
+
+
+def decode_lanes(lm: LanguageModel) -> int:
+    """Lanes for a model's scheduler: one per decode thread where the fused kernel runs its
+    steps without the GIL (CPU, float32), else one (a GPU step would gain nothing)."""
+    model = lm.model
+    return kernels.threads() if kernels.fused_applies(model.lm_head, model.lm_head) else 1
 
 
 def _warm_up(lm: LanguageModel) -> None:

@@ -217,7 +217,12 @@ class BDH(nn.Module):
 
     @torch.no_grad()
     def decode_step(
-        self, tokens: torch.Tensor, positions: torch.Tensor, state: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        state: torch.Tensor,
+        *,
+        split: bool = True,
     ) -> torch.Tensor:
         """Advance B sequences by one token each; `positions` (B,) may all differ.
 
@@ -226,13 +231,14 @@ class BDH(nn.Module):
         (`kernels.decode_rows`): no per-operator dispatch and no GIL while it runs, and
         every row computed on its own in a fixed order, so a sequence's logits and state are
         bit-identical alone or in any batch. A batch of 8 or more sequences splits over
-        `kernels.threads()` threads, one kernel call each. Elsewhere (GPU, bfloat16) it runs
+        `kernels.threads()` threads, one kernel call each, unless `split` is false (the
+        caller runs steps side by side on its own threads). Elsewhere (GPU, bfloat16) it runs
         PyTorch operators: every product is a flat or per-head batched matmul, so no weight
         is ever broadcast (copied) per sequence, and BLAS may round differently in the last
         bit as the batch size changes.
         """
         fused = kernels.fused_applies(state, self.lm_head)
-        if fused and len(kernels.split_bounds(tokens.size(0))) > 2:
+        if fused and split and len(kernels.split_bounds(tokens.size(0))) > 2:
             parts = kernels.run_split(
                 lambda b, e: self._decode_rows(tokens[b:e], positions[b:e], state[:, b:e], True),
                 tokens.size(0),

@@ -5,7 +5,9 @@
     async for event in stream:              # or, in a worker thread: stream.iter_sync()
         print(event.choice, event.text, event.finish_reason)
 
-One daemon thread makes every torch call. Each step it
+Lane threads make every torch call: one by default, or several side by side (`lanes`), each
+with its own slot pool and sequences, sharing the waiting queue and the limits. Each step a
+lane
 
 1. drops aborted requests and admits waiting ones while slots are free;
 2. prefills admitted prompts chunk by chunk, at most `prefill_budget` tokens per step, so
@@ -15,6 +17,11 @@ One daemon thread makes every torch call. Each step it
 4. samples each row with its own `SequenceDecoder` and delivers the text to its stream;
 5. frees finished sequences by moving the last slot's state into the hole (one state copy
    per finished sequence, never one per token).
+
+Requests go to the lanes so that their loads stay balanced. On the CPU the fused decode step
+runs without the GIL, so with two lanes on two cores one lane samples and delivers (Python)
+while the other decodes, and neither waits for the other at the end of its step; a single
+lane instead splits its step over helper threads (`kernels.run_split`) and samples alone.
 
 Prefill chunks start at multiples of `prefill_chunk` whatever else is running, and every
 sequence draws from its own generator, so a seeded request gives the same tokens alone or in
@@ -103,7 +110,8 @@ class SchedulerStats:
     running: int  # sequences (choices) in decode slots
     waiting: int  # requests queued for admission
     prefilling: int  # requests whose prompt is being read
-    slots: int  # allocated state slots (grows up to max_batch)
+    slots: int  # allocated state slots (each lane's pool grows up to max_batch)
+    running_per_lane: list[int]  # running sequences of each lane
     max_batch: int
     total_requests: int
     finished_requests: int
@@ -332,7 +340,7 @@ class _Request:
 
 @dataclasses.dataclass(eq=False)
 class _Sequence:
-    """A running choice; its state lives in pool slot `Scheduler._running.index(self)`."""
+    """A running choice; its state lives in pool slot `_Lane.running.index(self)`."""
 
     request: _Request
     decoder: SequenceDecoder
@@ -340,7 +348,7 @@ class _Sequence:
 
 
 class Scheduler:
-    """Continuous batching of one model's requests on one daemon thread."""
+    """Continuous batching of one model's requests on its lane threads (one by default)."""
 
     def __init__(
         self,
@@ -351,9 +359,10 @@ class Scheduler:
         prefill_chunk: int = PREFILL_CHUNK,
         prefill_budget: int = 2 * PREFILL_CHUNK,
         observer: EngineObserver | None = None,
+        lanes: int = 1,
     ) -> None:
-        if min(max_batch, max_waiting, prefill_chunk) < 1:
-            raise ValueError("max_batch, max_waiting and prefill_chunk must be positive")
+        if min(max_batch, max_waiting, prefill_chunk, lanes) < 1:
+            raise ValueError("max_batch, max_waiting, prefill_chunk and lanes must be positive")
         if prefill_budget < prefill_chunk:
             raise ValueError("prefill_budget must be at least prefill_chunk")
         self.lm = lm
@@ -365,19 +374,12 @@ class Scheduler:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._waiting: deque[_Request] = deque()
-        self._thread: threading.Thread | None = None
+        self._lanes = [_Lane(self, i) for i in range(min(lanes, max_batch))]
+        self._started = False
         self._stopping = False
-        # Owned by the scheduler thread.
-        self._prefilling: list[_Request] = []
-        self._running: list[_Sequence] = []
-        self._pool: torch.Tensor | None = None  # (n_layer, slots, nh, N, D) float32
-        self._step_tokens = 0
-        # Requests that ended this step; their streams close once the slots are freed and the
-        # counts published, so a consumer that saw the end also sees the slots back in stats.
-        self._closing: list[tuple[_Request, list[CompletionOutput], BaseException | None]] = []
-        # Statistics, written under the lock.
+        # Statistics and admission, written under the lock.
+        self._reserved = 0  # choices admitted and not finished, over all lanes
         self._started_at = time.monotonic()
-        self._counts = {"running": 0, "prefilling": 0, "slots": 0}
         self._totals = {"requests": 0, "finished": 0, "aborted": 0, "prompt": 0, "generated": 0}
         self._token_window: deque[tuple[float, int]] = deque()
         self._ttft: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -387,33 +389,45 @@ class Scheduler:
     # Public API ---------------------------------------------------------------------------------
 
     @property
+    def lanes(self) -> int:
+        """Decode loops running side by side, each on its own thread and slots."""
+        return len(self._lanes)
+
+    @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(lane.thread is not None and lane.thread.is_alive() for lane in self._lanes)
 
     def start(self) -> Scheduler:
         with self._lock:
             if self._stopping:
                 raise RuntimeError("a stopped scheduler cannot be restarted")
-            if self._thread is None:
+            if not self._started:
+                self._started = True
                 self._started_at = time.monotonic()
-                self._thread = threading.Thread(
-                    target=self._loop, name=f"hatchery-scheduler-{self.lm.name}", daemon=True
-                )
-                self._thread.start()
+                for lane in self._lanes:
+                    suffix = f"-lane{lane.index}" if lane.index else ""
+                    lane.thread = threading.Thread(
+                        target=lane.loop,
+                        name=f"hatchery-scheduler-{self.lm.name}{suffix}",
+                        daemon=True,
+                    )
+                    lane.thread.start()
         return self
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Abort everything pending (finish_reason "abort") and join the thread."""
+        """Abort everything pending (finish_reason "abort") and join the threads."""
         with self._wakeup:
             self._stopping = True
             self._wakeup.notify_all()
-            thread = self._thread
-        if thread is None:
+            threads = [lane.thread for lane in self._lanes if lane.thread is not None]
+        if not threads:
             self._abort_waiting()
             return
-        thread.join(timeout)
-        if thread.is_alive():
-            logger.warning("scheduler for %s did not stop within %s s", self.lm.name, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("scheduler for %s did not stop within %s s", self.lm.name, timeout)
 
     def submit(
         self,
@@ -444,7 +458,7 @@ class Scheduler:
                 )
             self._waiting.append(request)
             self._totals["requests"] += 1
-            self._wakeup.notify()
+            self._wakeup.notify_all()
         return stream
 
     def stats(self) -> SchedulerStats:
@@ -453,12 +467,14 @@ class Scheduler:
             self._trim_window_locked(now)
             span = min(THROUGHPUT_WINDOW_S, max(now - self._started_at, 1e-3))
             ttft, itl = list(self._ttft), list(self._itl)
+            counts = {key: sum(lane.counts[key] for lane in self._lanes) for key in _COUNTS}
             return SchedulerStats(
                 model=self.lm.name,
-                running=self._counts["running"],
+                running=counts["running"],
                 waiting=len(self._waiting),
-                prefilling=self._counts["prefilling"],
-                slots=self._counts["slots"],
+                prefilling=counts["prefilling"],
+                slots=counts["slots"],
+                running_per_lane=[lane.counts["running"] for lane in self._lanes],
                 max_batch=self.max_batch,
                 total_requests=self._totals["requests"],
                 finished_requests=self._totals["finished"],
@@ -472,277 +488,66 @@ class Scheduler:
                 inter_token_p50_s=statistics.median(itl) if itl else None,
             )
 
-    # The thread ---------------------------------------------------------------------------------
+    # Shared by the lanes -------------------------------------------------------------------------
 
     def _wake(self) -> None:
         with self._wakeup:
-            self._wakeup.notify()
+            self._wakeup.notify_all()
 
-    def _loop(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._wakeup:
-                    self._wakeup.wait_for(
-                        lambda: self._stopping or self._waiting or self._prefilling or self._running
-                    )
-                    if self._stopping:
-                        break
-                    dropped = [r for r in self._waiting if r.stream.abort_requested]
-                    for request in dropped:
-                        self._waiting.remove(request)
-                    admitted = self._admit_locked()
-                if dropped:
-                    for request in dropped:
-                        self._end_request(request, FINISH_ABORT)
-                    self._settle()
-                try:
-                    self._step(admitted)
-                except Exception as exc:
-                    logger.exception("generation step failed for %s", self.lm.name)
-                    self._end_all(FINISH_ERROR, exc)
-            self._pool = None
-            self._end_all(FINISH_ABORT)
-            self._abort_waiting()
+    def _has_work_locked(self, lane: _Lane) -> bool:
+        """Whether `lane` should run a step now (called under the lock)."""
+        if self._stopping or lane.prefilling or lane.running:
+            return True
+        if any(r.stream.abort_requested for r in self._waiting):
+            return True  # the first lane awake drops it
+        return bool(self._waiting) and self._fits_locked(lane, self._waiting[0].params.n)
 
-    def _admit_locked(self) -> list[_Request]:
-        """Take waiting requests, oldest first, while their choices fit in the free slots."""
-        reserved = len(self._running) + sum(r.live for r in self._prefilling)
+    def _fits_locked(self, lane: _Lane, n: int) -> bool:
+        """Whether `lane` may take a request of `n` choices: they fit in max_batch, and the
+        lanes stay balanced (it ends with at most its share, or it is the least loaded)."""
+        if self._reserved + n > self.max_batch:
+            return False
+        share = -(-(self._reserved + n) // len(self._lanes))  # ceil
+        others = [other.reserved for other in self._lanes if other is not lane]
+        return lane.reserved + n <= share or lane.reserved <= min(others, default=0)
+
+    def _admit_locked(self, lane: _Lane) -> tuple[list[_Request], list[_Request]]:
+        """(aborted waiting requests, requests admitted to `lane`), oldest first."""
+        dropped = [r for r in self._waiting if r.stream.abort_requested]
+        for request in dropped:
+            self._waiting.remove(request)
         admitted = []
-        while self._waiting and reserved + self._waiting[0].params.n <= self.max_batch:
+        while self._waiting and self._fits_locked(lane, self._waiting[0].params.n):
             request = self._waiting.popleft()
-            reserved += request.params.n
-            admitted.append(request)
-        return admitted
-
-    def _step(self, admitted: list[_Request]) -> None:
-        vocab_size = self.lm.config.vocab_size
-        for request in admitted:  # first, so that a failure below still ends them all
             request.live = request.params.n
-            self._prefilling.append(request)
-        for request in admitted:
-            request.decoders = [
-                SequenceDecoder(
-                    request.prompt_ids,
-                    request.params,
-                    vocab_size=vocab_size,
-                    choice=c,
-                    prompt_index=request.prompt_index,
-                )
-                for c in range(request.params.n)
-            ]
-        self._drop_aborted()
-        self._prefill()
-        self._decode()
-        generated, self._step_tokens = self._step_tokens, 0
+            self._reserved += request.live
+            lane.reserved += request.live
+            admitted.append(request)
+        return dropped, admitted
+
+    def _retire_locked(self, lane: _Lane, choices: int) -> None:
+        """`choices` of `lane`'s admitted choices finished: their slots are free for anyone."""
+        if choices:
+            self._reserved -= choices
+            lane.reserved -= choices
+            if self._waiting:
+                self._wakeup.notify_all()
+
+    def _end_unadmitted(self, request: _Request, reason: str) -> None:
+        """End a request that never reached a lane (aborted while waiting, or at shutdown)."""
+        outputs = [_empty_output(request, c, reason) for c in range(request.params.n)]
+        for output in outputs:
+            request.stream._deliver(output.index, finish_reason=reason)
         with self._lock:
-            now = time.monotonic()
-            self._totals["generated"] += generated
-            if generated:
-                self._token_window.append((now, generated))
-        self._settle()
-
-    def _settle(self) -> None:
-        """Publish the counts, then close the streams of the requests that ended."""
-        with self._lock:
-            self._counts.update(
-                running=len(self._running),
-                prefilling=len(self._prefilling),
-                slots=0 if self._pool is None else self._pool.size(1),
-            )
-        closing, self._closing = self._closing, []
-        for request, outputs, error in closing:
-            request.stream._close(outputs, error)
-
-    def _drop_aborted(self) -> None:
-        for request in [r for r in self._prefilling if r.stream.abort_requested]:
-            self._prefilling.remove(request)
-            self._end_request(request, FINISH_ABORT)
-        gone = [i for i, s in enumerate(self._running) if s.request.stream.abort_requested]
-        requests = {id(self._running[i].request): self._running[i].request for i in gone}
-        self._release(gone)
-        for request in requests.values():
-            self._end_request(request, FINISH_ABORT)
-
-    def _prefill(self) -> None:
-        """Advance prefills by whole chunks, oldest first, up to `prefill_budget` tokens."""
-        model, spent = self.lm.model, 0
-        for request in list(self._prefilling):
-            ids = request.prompt_ids
-            logits = None
-            while request.prefilled < len(ids):
-                begin = request.prefilled
-                end = min(begin + self.prefill_chunk, len(ids))
-                if spent + (end - begin) > self.prefill_budget:
-                    return
-                if request.state is None:  # allocated on first use: 201 MB for bdh-official
-                    # The first chunk starts at position 0 and writes the whole state.
-                    request.state = model.new_state(1, zeroed=False)
-                chunk = torch.tensor([ids[begin:end]], device=self.lm.device)  # (1, C)
-                logits = model.prefill_chunk(chunk, request.state, begin)  # (1, C, V)
-                spent += end - begin
-                request.prefilled = end
-                self._observe("on_prefill", end - begin)
-                with self._lock:
-                    self._totals["prompt"] += end - begin
-            assert logits is not None
-            self._start_decoding(request, logits[0, -1])
-            self._prefilling.remove(request)
-
-    def _start_decoding(self, request: _Request, logits: torch.Tensor) -> None:
-        """Sample each choice's first token from the prompt's logits (V,); seat the others."""
-        state = request.state
-        assert state is not None
-        now = time.monotonic()
-        request.stream.first_token_time = now
-        ttft = now - request.stream.submitted_at
-        with self._lock:
-            self._ttft.append(ttft)
-        self._observe("on_first_token", ttft)
-        logits = logits.float().cpu().expand(len(request.decoders), -1)  # (n, V)
-        texts = accept_rows(request.decoders, logits)
-        for decoder, text in zip(request.decoders, texts, strict=True):
-            self._deliver(request, decoder, text)
-            if not decoder.finished:
-                slot = self._claim_slot()
-                assert self._pool is not None
-                self._pool[:, slot].copy_(state[:, 0])
-                self._running.append(_Sequence(request, decoder, now))
-        request.state = None
-
-    def _decode(self) -> None:
-        """One batched decode step over every running sequence."""
-        batch = len(self._running)
-        if batch == 0:
-            return
-        assert self._pool is not None
-        device = self.lm.device
-        tokens = torch.tensor([s.decoder.last_token for s in self._running], device=device)
-        positions = torch.tensor([s.decoder.position for s in self._running], device=device)
-        state = self._pool[:, :batch]  # (n_layer, B, nh, N, D), a view updated in place
-        logits = self.lm.model.decode_step(tokens, positions, state).float().cpu()  # (B, V)
-        now = time.monotonic()
-        texts = accept_rows([s.decoder for s in self._running], logits)
-        finished = []
-        gaps = []
-        for row, (sequence, text) in enumerate(zip(self._running, texts, strict=True)):
-            gaps.append(now - sequence.last_token_at)
-            sequence.last_token_at = now
-            self._observe("on_token", gaps[-1])
-            self._deliver(sequence.request, sequence.decoder, text)
-            if sequence.decoder.finished:
-                finished.append(row)
-        with self._lock:
-            self._itl.extend(gaps)
-        self._release(finished)
-
-    def _deliver(self, request: _Request, decoder: SequenceDecoder, text: str) -> None:
-        """Hand a choice's new token and text to its stream; close the request when done."""
-        self._step_tokens += 1
-        logprob = decoder.logprobs[-1] if decoder.logprobs else None
-        request.stream._deliver(
-            decoder.choice, text, decoder.last_token, logprob, decoder.finish_reason
-        )
-        if decoder.finished:
-            request.live -= 1
-            if request.live == 0:
-                self._close_request(request)
-
-    # Slots --------------------------------------------------------------------------------------
-
-    def _claim_slot(self) -> int:
-        """The next slot, B; grows the pool geometrically up to max_batch."""
-        batch = len(self._running)
-        if batch >= self.max_batch:
-            raise RuntimeError("no free slot: admission let too many sequences in")
-        if self._pool is None or batch == self._pool.size(1):
-            capacity = self._pool.size(1) * 2 if self._pool is not None else INITIAL_SLOTS
-            pool = self.lm.model.new_state(min(capacity, self.max_batch))
-            if self._pool is not None:
-                pool[:, :batch].copy_(self._pool[:, :batch])
-            self._pool = pool
-            logger.debug("%s: state pool grown to %d slots", self.lm.name, pool.size(1))
-        return batch
-
-    def _release(self, rows: list[int]) -> None:
-        """Free running rows, moving the last running slot into each hole (highest first)."""
-        for row in sorted(rows, reverse=True):
-            last = len(self._running) - 1
-            if row != last:
-                assert self._pool is not None
-                self._pool[:, row].copy_(self._pool[:, last])
-                self._running[row] = self._running[last]
-            self._running.pop()
-
-    # Ends ---------------------------------------------------------------------------------------
-
-    def _end_request(
-        self, request: _Request, reason: str, error: BaseException | None = None
-    ) -> None:
-        """Finish every unfinished choice of a request that leaves early (abort or error)."""
-        request.state = None
-        request.live = 0
-        if not request.decoders:  # never admitted: make no decoder (no torch work) for it
-            outputs = [self._empty_output(request, c, reason) for c in range(request.params.n)]
-            for output in outputs:
-                request.stream._deliver(output.index, finish_reason=reason)
-            self._close_request(request, outputs, error)
-            return
-        for decoder in request.decoders:
-            if not decoder.finished:
-                decoder.finish_reason = reason
-                request.stream._deliver(decoder.choice, finish_reason=reason)
-        self._close_request(request, error=error)
-
-    @staticmethod
-    def _empty_output(request: _Request, choice: int, reason: str) -> CompletionOutput:
-        return CompletionOutput(
-            index=choice,
-            prompt_index=request.prompt_index,
-            text="",
-            token_ids=[],
-            finish_reason=reason,
-            prompt_tokens=len(request.prompt_ids),
-            logprobs=[] if request.params.logprobs is not None else None,
-        )
-
-    def _close_request(
-        self,
-        request: _Request,
-        outputs: list[CompletionOutput] | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        if outputs is None:
-            outputs = [d.output() for d in request.decoders]
-        normal = all(o.finish_reason not in (FINISH_ABORT, FINISH_ERROR) for o in outputs)
-        e2e = time.monotonic() - request.stream.submitted_at
-        with self._lock:
-            self._totals["finished" if normal else "aborted"] += 1
-            if normal:
-                self._e2e.append(e2e)
-        self._closing.append((request, outputs, error))
-        if normal:
-            completion = sum(o.completion_tokens for o in outputs)
-            self._observe("on_finish", e2e, len(request.prompt_ids), completion)
-
-    def _end_all(self, reason: str, error: BaseException | None = None) -> None:
-        """End every admitted request (running or prefilling) with `reason`."""
-        requests = {id(s.request): s.request for s in self._running}
-        requests.update({id(r): r for r in self._prefilling})
-        self._running.clear()
-        self._prefilling.clear()
-        for request in requests.values():
-            self._end_request(request, reason, error)
-        self._settle()
+            self._totals["aborted"] += 1
+        request.stream._close(outputs)
 
     def _abort_waiting(self) -> None:
         with self._lock:
             waiting = list(self._waiting)
             self._waiting.clear()
         for request in waiting:
-            self._end_request(request, FINISH_ABORT)
-        self._settle()
-
-    # Bookkeeping --------------------------------------------------------------------------------
+            self._end_unadmitted(request, FINISH_ABORT)
 
     def _observe(self, name: str, *args: float | int) -> None:
         callback = getattr(self.observer, name, None)
@@ -763,3 +568,285 @@ class Scheduler:
             return 1.0
         estimate = statistics.fmean(self._e2e) * len(self._waiting) / self.max_batch
         return min(max(estimate, 1.0), 60.0)
+
+
+_COUNTS = ("running", "prefilling", "slots")
+
+
+def _empty_output(request: _Request, choice: int, reason: str) -> CompletionOutput:
+    return CompletionOutput(
+        index=choice,
+        prompt_index=request.prompt_index,
+        text="",
+        token_ids=[],
+        finish_reason=reason,
+        prompt_tokens=len(request.prompt_ids),
+        logprobs=[] if request.params.logprobs is not None else None,
+    )
+
+
+class _Lane:
+    """One continuous-batching loop: its own thread, slot pool, prefills and sequences.
+
+    Lanes share the scheduler's waiting queue, limits and statistics. With several lanes the
+    running sequences are spread over them and each lane steps on its own, so one lane's
+    sampling and bookkeeping (Python, under the GIL) overlap another's decode step (the fused
+    kernel, without the GIL), and neither waits for the other at the end of a step.
+    """
+
+    def __init__(self, scheduler: Scheduler, index: int) -> None:
+        self.scheduler = scheduler
+        self.index = index
+        self.thread: threading.Thread | None = None
+        self.reserved = 0  # this lane's admitted choices not finished (the scheduler's lock)
+        self.counts = dict.fromkeys(_COUNTS, 0)  # published under the scheduler's lock
+        # Owned by the lane's thread.
+        self.prefilling: list[_Request] = []
+        self.running: list[_Sequence] = []
+        self.pool: torch.Tensor | None = None  # (n_layer, slots, nh, N, D) float32
+        self.step_tokens = 0
+        # Requests that ended this step; their streams close once the slots are freed and the
+        # counts published, so a consumer that saw the end also sees the slots back in stats.
+        self.closing: list[tuple[_Request, list[CompletionOutput], BaseException | None]] = []
+
+    def loop(self) -> None:
+        scheduler = self.scheduler
+        with torch.inference_mode():
+            while True:
+                with scheduler._wakeup:
+                    scheduler._wakeup.wait_for(lambda: scheduler._has_work_locked(self))
+                    if scheduler._stopping:
+                        break
+                    dropped, admitted = scheduler._admit_locked(self)
+                for request in dropped:
+                    scheduler._end_unadmitted(request, FINISH_ABORT)
+                try:
+                    self._step(admitted)
+                except Exception as exc:
+                    logger.exception("generation step failed for %s", scheduler.lm.name)
+                    self._end_all(FINISH_ERROR, exc)
+            self.pool = None
+            self._end_all(FINISH_ABORT)
+            scheduler._abort_waiting()
+
+    def _step(self, admitted: list[_Request]) -> None:
+        vocab_size = self.scheduler.lm.config.vocab_size
+        self.prefilling += admitted  # first, so that a failure below still ends them all
+        for request in admitted:
+            request.decoders = [
+                SequenceDecoder(
+                    request.prompt_ids,
+                    request.params,
+                    vocab_size=vocab_size,
+                    choice=c,
+                    prompt_index=request.prompt_index,
+                )
+                for c in range(request.params.n)
+            ]
+        self._drop_aborted()
+        self._prefill()
+        self._decode()
+        generated, self.step_tokens = self.step_tokens, 0
+        scheduler = self.scheduler
+        with scheduler._lock:
+            now = time.monotonic()
+            scheduler._totals["generated"] += generated
+            if generated:
+                scheduler._token_window.append((now, generated))
+        self._settle()
+
+    def _settle(self) -> None:
+        """Publish the counts, then close the streams of the requests that ended."""
+        with self.scheduler._lock:
+            self.counts.update(
+                running=len(self.running),
+                prefilling=len(self.prefilling),
+                slots=0 if self.pool is None else self.pool.size(1),
+            )
+        closing, self.closing = self.closing, []
+        for request, outputs, error in closing:
+            request.stream._close(outputs, error)
+
+    def _drop_aborted(self) -> None:
+        for request in [r for r in self.prefilling if r.stream.abort_requested]:
+            self.prefilling.remove(request)
+            self._end_request(request, FINISH_ABORT)
+        gone = [i for i, s in enumerate(self.running) if s.request.stream.abort_requested]
+        requests = {id(self.running[i].request): self.running[i].request for i in gone}
+        self._release(gone)
+        for request in requests.values():
+            self._end_request(request, FINISH_ABORT)
+
+    def _prefill(self) -> None:
+        """Advance prefills by whole chunks, oldest first, up to `prefill_budget` tokens."""
+        scheduler = self.scheduler
+        model, spent = scheduler.lm.model, 0
+        for request in list(self.prefilling):
+            ids = request.prompt_ids
+            logits = None
+            while request.prefilled < len(ids):
+                begin = request.prefilled
+                end = min(begin + scheduler.prefill_chunk, len(ids))
+                if spent + (end - begin) > scheduler.prefill_budget:
+                    return
+                if request.state is None:  # allocated on first use: 201 MB for bdh-official
+                    # The first chunk starts at position 0 and writes the whole state.
+                    request.state = model.new_state(1, zeroed=False)
+                chunk = torch.tensor([ids[begin:end]], device=scheduler.lm.device)  # (1, C)
+                logits = model.prefill_chunk(chunk, request.state, begin)  # (1, C, V)
+                spent += end - begin
+                request.prefilled = end
+                scheduler._observe("on_prefill", end - begin)
+                with scheduler._lock:
+                    scheduler._totals["prompt"] += end - begin
+            assert logits is not None
+            self._start_decoding(request, logits[0, -1])
+            self.prefilling.remove(request)
+
+    def _start_decoding(self, request: _Request, logits: torch.Tensor) -> None:
+        """Sample each choice's first token from the prompt's logits (V,); seat the others."""
+        state = request.state
+        assert state is not None
+        scheduler = self.scheduler
+        now = time.monotonic()
+        request.stream.first_token_time = now
+        ttft = now - request.stream.submitted_at
+        with scheduler._lock:
+            scheduler._ttft.append(ttft)
+        scheduler._observe("on_first_token", ttft)
+        logits = logits.float().cpu().expand(len(request.decoders), -1)  # (n, V)
+        texts = accept_rows(request.decoders, logits)
+        for decoder, text in zip(request.decoders, texts, strict=True):
+            self._deliver(request, decoder, text)
+            if not decoder.finished:
+                slot = self._claim_slot()
+                assert self.pool is not None
+                self.pool[:, slot].copy_(state[:, 0])
+                self.running.append(_Sequence(request, decoder, now))
+        request.state = None
+
+    def _decode(self) -> None:
+        """One batched decode step over every running sequence of this lane."""
+        batch = len(self.running)
+        if batch == 0:
+            return
+        assert self.pool is not None
+        scheduler = self.scheduler
+        device = scheduler.lm.device
+        tokens = torch.tensor([s.decoder.last_token for s in self.running], device=device)
+        positions = torch.tensor([s.decoder.position for s in self.running], device=device)
+        state = self.pool[:, :batch]  # (n_layer, B, nh, N, D), a view updated in place
+        # A lane splits its step over the helper threads only while it decodes alone.
+        alone = not any(lane.running for lane in scheduler._lanes if lane is not self)
+        logits = scheduler.lm.model.decode_step(tokens, positions, state, split=alone)
+        logits = logits.float().cpu()  # (B, V)
+        now = time.monotonic()
+        texts = accept_rows([s.decoder for s in self.running], logits)
+        finished = []
+        gaps = []
+        for row, (sequence, text) in enumerate(zip(self.running, texts, strict=True)):
+            gaps.append(now - sequence.last_token_at)
+            sequence.last_token_at = now
+            scheduler._observe("on_token", gaps[-1])
+            self._deliver(sequence.request, sequence.decoder, text)
+            if sequence.decoder.finished:
+                finished.append(row)
+        with scheduler._lock:
+            scheduler._itl.extend(gaps)
+        self._release(finished)
+
+    def _deliver(self, request: _Request, decoder: SequenceDecoder, text: str) -> None:
+        """Hand a choice's new token and text to its stream; close the request when done."""
+        self.step_tokens += 1
+        logprob = decoder.logprobs[-1] if decoder.logprobs else None
+        request.stream._deliver(
+            decoder.choice, text, decoder.last_token, logprob, decoder.finish_reason
+        )
+        if decoder.finished:
+            request.live -= 1
+            with self.scheduler._lock:
+                self.scheduler._retire_locked(self, 1)
+            if request.live == 0:
+                self._close_request(request)
+
+    # Slots --------------------------------------------------------------------------------------
+
+    def _claim_slot(self) -> int:
+        """The next slot, B; grows the pool geometrically up to max_batch (from INITIAL_SLOTS,
+        or less where that would give the lanes more than max_batch slots to begin with)."""
+        batch, max_batch = len(self.running), self.scheduler.max_batch
+        if batch >= max_batch:
+            raise RuntimeError("no free slot: admission let too many sequences in")
+        if self.pool is None or batch == self.pool.size(1):
+            scheduler = self.scheduler
+            share = -(-max_batch // len(scheduler._lanes))  # ceil: the lanes start with max_batch
+            capacity = self.pool.size(1) * 2 if self.pool is not None else min(INITIAL_SLOTS, share)
+            # Every slot is written (copied into) before it is read: no need to zero it.
+            pool = scheduler.lm.model.new_state(min(capacity, max_batch), zeroed=False)
+            if self.pool is not None:
+                pool[:, :batch].copy_(self.pool[:, :batch])
+            self.pool = pool
+            logger.debug("%s: state pool grown to %d slots", scheduler.lm.name, pool.size(1))
+        return batch
+
+    def _release(self, rows: list[int]) -> None:
+        """Free running rows, moving the last running slot into each hole (highest first)."""
+        for row in sorted(rows, reverse=True):
+            last = len(self.running) - 1
+            if row != last:
+                assert self.pool is not None
+                self.pool[:, row].copy_(self.pool[:, last])
+                self.running[row] = self.running[last]
+            self.running.pop()
+
+    # Ends ---------------------------------------------------------------------------------------
+
+    def _end_request(
+        self, request: _Request, reason: str, error: BaseException | None = None
+    ) -> None:
+        """Finish every unfinished choice of an admitted request that leaves early."""
+        request.state = None
+        with self.scheduler._lock:
+            self.scheduler._retire_locked(self, request.live)
+        request.live = 0
+        for decoder in request.decoders:
+            if not decoder.finished:
+                decoder.finish_reason = reason
+                request.stream._deliver(decoder.choice, finish_reason=reason)
+        if request.decoders:
+            self._close_request(request, error=error)
+        else:  # failed before its decoders were made
+            outputs = [_empty_output(request, c, reason) for c in range(request.params.n)]
+            for output in outputs:
+                request.stream._deliver(output.index, finish_reason=reason)
+            self._close_request(request, outputs, error)
+
+    def _close_request(
+        self,
+        request: _Request,
+        outputs: list[CompletionOutput] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        scheduler = self.scheduler
+        if outputs is None:
+            outputs = [d.output() for d in request.decoders]
+        normal = all(o.finish_reason not in (FINISH_ABORT, FINISH_ERROR) for o in outputs)
+        e2e = time.monotonic() - request.stream.submitted_at
+        with scheduler._lock:
+            scheduler._totals["finished" if normal else "aborted"] += 1
+            if normal:
+                scheduler._e2e.append(e2e)
+        self.closing.append((request, outputs, error))
+        if normal:
+            completion = sum(o.completion_tokens for o in outputs)
+            scheduler._observe("on_finish", e2e, len(request.prompt_ids), completion)
+
+    def _end_all(self, reason: str, error: BaseException | None = None) -> None:
+        """End every admitted request of this lane (running or prefilling) with `reason`."""
+        requests = {id(s.request): s.request for s in self.running}
+        requests.update({id(r): r for r in self.prefilling})
+        self.running.clear()
+        self.prefilling.clear()
+        for request in requests.values():
+            self._end_request(request, reason, error)
+        self._settle()

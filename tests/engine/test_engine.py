@@ -19,8 +19,10 @@ from core.engine import (
     Scheduler,
     StreamEvent,
     build_engine,
+    kernels,
 )
 from core.engine.checkpoint import save_checkpoint
+from core.engine.engine import decode_lanes
 from core.engine.registry import InvalidModelNameError
 
 from .conftest import nano_model
@@ -32,7 +34,7 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 def scheduler_threads() -> list[threading.Thread]:
     """This module's scheduler threads (servers of other test modules may still be running)."""
     names = {"hatchery-scheduler-nano-a", "hatchery-scheduler-nano-b"}
-    return [t for t in threading.enumerate() if t.name in names]
+    return [t for t in threading.enumerate() if t.name.split("-lane")[0] in names]
 
 
 @pytest.fixture
@@ -58,7 +60,12 @@ def test_preload_makes_the_engine_ready(engine: Engine) -> None:
     engine.preload()
     assert engine.is_ready()
     assert engine.loaded_models() == ["nano-a"]
-    assert [t.name for t in scheduler_threads()] == ["hatchery-scheduler-nano-a"]
+    lanes = engine.scheduler("nano-a").lanes
+    assert lanes == decode_lanes(engine.registry.load("nano-a"))
+    names = ["hatchery-scheduler-nano-a"] + [
+        f"hatchery-scheduler-nano-a-lane{i}" for i in range(1, lanes)
+    ]
+    assert sorted(t.name for t in scheduler_threads()) == names
 
 
 def test_one_scheduler_per_model_even_under_concurrent_first_use(engine: Engine) -> None:
@@ -69,7 +76,7 @@ def test_one_scheduler_per_model_even_under_concurrent_first_use(engine: Engine)
     assert schedulers[0] is not schedulers[1]
     assert isinstance(schedulers[0], Scheduler)
     assert schedulers[0].lm is engine.registry.load("nano-a")  # the registry's one copy
-    assert len(scheduler_threads()) == 2
+    assert len(scheduler_threads()) == schedulers[0].lanes + schedulers[1].lanes
 
 
 def test_each_model_generates_its_own_text(engine: Engine) -> None:
@@ -145,3 +152,17 @@ def test_build_engine_follows_the_settings(models_dir: Path) -> None:
     finally:
         engine.shutdown()
     assert not scheduler_threads()
+
+
+def test_decode_lanes_follow_the_kernel_and_its_threads(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lm = engine.registry.load("nano-a")
+    try:
+        kernels.set_threads(3)
+        monkeypatch.setenv(kernels.KERNEL_ENV, "fused")
+        assert decode_lanes(lm) == 3  # one lane per decode thread: steps without the GIL
+        monkeypatch.setenv(kernels.KERNEL_ENV, "torch")
+        assert decode_lanes(lm) == 1  # PyTorch operators hold the GIL between them
+    finally:
+        kernels.set_threads(None)

@@ -30,13 +30,14 @@ def lm() -> LanguageModel:
     return LanguageModel("nano", nano_model(scale=5.0), {})
 
 
-@pytest.fixture
-def start(lm: LanguageModel) -> Iterator[Callable[..., Scheduler]]:
-    """Start schedulers on `lm`; every one is stopped (and its thread joined) afterwards."""
+@pytest.fixture(params=[1, 2], ids=["1 lane", "2 lanes"])
+def start(lm: LanguageModel, request: pytest.FixtureRequest) -> Iterator[Callable[..., Scheduler]]:
+    """Start schedulers on `lm`, with one lane and with two (every test runs with both);
+    every one is stopped (and its threads joined) afterwards."""
     started: list[Scheduler] = []
 
     def make(**options: object) -> Scheduler:
-        options = {"max_batch": 8, "max_waiting": 16, **options}
+        options = {"max_batch": 8, "max_waiting": 16, "lanes": request.param, **options}
         scheduler = Scheduler(lm, **options).start()  # type: ignore[arg-type]
         started.append(scheduler)
         return scheduler
@@ -181,11 +182,12 @@ class PrefillRecorder(EngineObserver):
         self.log.append("token")
 
 
-def test_a_long_prefill_does_not_stall_running_streams(
-    start: Callable[..., Scheduler],
-) -> None:
+def test_a_long_prefill_does_not_stall_running_streams(lm: LanguageModel) -> None:
+    # Within one lane (with two, the long prompt would go to the idle one).
     recorder = PrefillRecorder()
-    scheduler = start(prefill_chunk=64, prefill_budget=64, observer=recorder)
+    scheduler = Scheduler(
+        lm, max_batch=8, max_waiting=16, prefill_chunk=64, prefill_budget=64, observer=recorder
+    ).start()
     running = scheduler.submit(ids("Go"), SamplingParams(max_tokens=5000, temperature=0.0))
     events = running.iter_sync(timeout=WAIT_S)
     next(events)  # running, and its own prefill is over
@@ -202,6 +204,7 @@ def test_a_long_prefill_does_not_stall_running_streams(
     running.abort()
     assert [e.finish_reason for e in events][-1] == "abort"
     assert 0 < running.outputs()[0].completion_tokens < 5000
+    scheduler.stop(timeout=WAIT_S)
 
 
 def test_abort_frees_the_slot_within_a_step(start: Callable[..., Scheduler]) -> None:
@@ -340,3 +343,36 @@ async def test_leaving_an_async_with_block_aborts_the_stream(
     await asyncio.wait_for(
         asyncio.to_thread(wait_until, lambda: scheduler.stats().running == 0), 10
     )
+
+
+# Lanes -------------------------------------------------------------------------------------------
+
+
+def test_lanes_share_the_load_and_one_batch_limit(lm: LanguageModel) -> None:
+    scheduler = Scheduler(lm, max_batch=4, max_waiting=8, lanes=2).start()
+    try:
+        params = SamplingParams(max_tokens=4000, temperature=0.0)
+        streams = [scheduler.submit(ids(f"lane {i}:"), params) for i in range(5)]
+        wait_until(lambda: scheduler.stats().running == 4)
+        stats = scheduler.stats()
+        assert stats.running_per_lane == [2, 2]  # balanced
+        assert stats.waiting == 1  # four choices in all, however many lanes
+        streams[0].abort()
+        refilled = (0, 4)  # nothing waits: the freed slot is taken
+        wait_until(lambda: (scheduler.stats().waiting, scheduler.stats().running) == refilled)
+        assert scheduler.stats().running_per_lane == [2, 2]
+        for stream in streams:
+            stream.abort()
+        wait_until(lambda: scheduler.stats().running == 0)
+        wide = scheduler.submit(ids("all"), SamplingParams(max_tokens=3, n=4, seed=1))
+        outputs = wide.collect_sync(timeout=WAIT_S)  # n = max_batch fits in one lane
+        assert [o.completion_tokens for o in outputs] == [3, 3, 3, 3]
+    finally:
+        scheduler.stop(timeout=WAIT_S)
+    assert not scheduler.running
+    assert not [t for t in threading.enumerate() if t.name.startswith("hatchery-scheduler-nano")]
+
+
+def test_lanes_must_be_positive(lm: LanguageModel) -> None:
+    with pytest.raises(ValueError, match="lanes"):
+        Scheduler(lm, max_batch=4, max_waiting=8, lanes=0)
