@@ -81,7 +81,7 @@ def decode_vs_batch(lm, batches: list[int], context: int, new_tokens: int, round
             os.environ[kernels.KERNEL_ENV] = saved
     table = Table(
         title=f"Decode throughput vs batch size (context {context}, recurrent; medians of "
-        f"{rounds} interleaved rounds; fused: batches of 8+ split over {kernels.threads()} threads)"
+        f"{rounds} interleaved rounds; batches of 8+ split over {kernels.threads()} threads)"
     )
     for column in ("kernel", "batch", "ms/step", "tokens/s", "vs batch 1", "vs torch"):
         table.add_column(column, justify="right")

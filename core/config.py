@@ -41,9 +41,10 @@ class ModelSettings(BaseModel):
     # the store and the scheduler thread need CPU too, and small BDH models gain little from
     # more threads (on a 2-core machine, 1 thread serves best).
     threads: int | None = Field(None, gt=0)
-    # Threads a float32 CPU decode step of a large batch is split over (at least 4 sequences
-    # per thread; each runs the whole step for its rows); helpers block while idle, never
-    # spin. None: one per core.
+    # Decode threads. Where the fused kernel runs (float32 on the CPU) the scheduler runs one
+    # decode lane per thread, each with its own slots; otherwise a decode step of a large
+    # batch is split over them (at least 4 sequences per thread). Helpers block while idle,
+    # never spin. None: one per core.
     decode_threads: int | None = Field(None, gt=0)
 
 
