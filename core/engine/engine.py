@@ -169,8 +169,8 @@ class Engine:
 def decode_lanes(lm: LanguageModel) -> int:
     """Lanes for a model's scheduler: one per decode thread where the fused kernel runs its
     steps without the GIL (CPU, float32), else one (a GPU step would gain nothing)."""
-    model = lm.model
-    return kernels.threads() if kernels.fused_applies(model.lm_head, model.lm_head) else 1
+    weight = lm.model.lm_head  # its device and dtype are the states' and activations'
+    return kernels.threads() if kernels.fused_applies(weight, weight) else 1
 
 
 def _warm_up(lm: LanguageModel) -> None:
