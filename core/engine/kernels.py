@@ -86,7 +86,7 @@ def _kernel() -> Callable[..., None] | None:
 
 
 def set_threads(threads: int | None) -> None:
-    """Threads the state kernel may split a large batch over; None: one per core."""
+    """Decode threads (a scheduler's lanes, or the parts of a split step); None: one per core."""
     global _threads
     if threads is not None and threads < 1:
         raise ValueError("threads must be positive")
@@ -94,7 +94,8 @@ def set_threads(threads: int | None) -> None:
 
 
 def threads() -> int:
-    """Threads the state kernel may split a large batch over."""
+    """Decode threads: a scheduler's lanes where the fused kernel runs, and the parts a large
+    batch's step splits over."""
     return _threads
 
 

@@ -535,9 +535,7 @@ class Scheduler:
 
     def _end_unadmitted(self, request: _Request, reason: str) -> None:
         """End a request that never reached a lane (aborted while waiting, or at shutdown)."""
-        outputs = [_empty_output(request, c, reason) for c in range(request.params.n)]
-        for output in outputs:
-            request.stream._deliver(output.index, finish_reason=reason)
+        outputs = _end_empty(request, reason)
         with self._lock:
             self._totals["aborted"] += 1
         request.stream._close(outputs)
@@ -573,16 +571,24 @@ class Scheduler:
 _COUNTS = ("running", "prefilling", "slots")
 
 
-def _empty_output(request: _Request, choice: int, reason: str) -> CompletionOutput:
-    return CompletionOutput(
-        index=choice,
-        prompt_index=request.prompt_index,
-        text="",
-        token_ids=[],
-        finish_reason=reason,
-        prompt_tokens=len(request.prompt_ids),
-        logprobs=[] if request.params.logprobs is not None else None,
-    )
+def _end_empty(request: _Request, reason: str) -> list[CompletionOutput]:
+    """End every choice of a request that generated nothing: deliver `reason` to each, and
+    return their (empty) outputs."""
+    outputs = [
+        CompletionOutput(
+            index=choice,
+            prompt_index=request.prompt_index,
+            text="",
+            token_ids=[],
+            finish_reason=reason,
+            prompt_tokens=len(request.prompt_ids),
+            logprobs=[] if request.params.logprobs is not None else None,
+        )
+        for choice in range(request.params.n)
+    ]
+    for output in outputs:
+        request.stream._deliver(output.index, finish_reason=reason)
+    return outputs
 
 
 class _Lane:
@@ -816,10 +822,7 @@ class _Lane:
         if request.decoders:
             self._close_request(request, error=error)
         else:  # failed before its decoders were made
-            outputs = [_empty_output(request, c, reason) for c in range(request.params.n)]
-            for output in outputs:
-                request.stream._deliver(output.index, finish_reason=reason)
-            self._close_request(request, outputs, error)
+            self._close_request(request, _end_empty(request, reason), error)
 
     def _close_request(
         self,
