@@ -4,6 +4,10 @@ Events are persisted before they are published, so the store is the source of tr
 bus is only a low-latency hint. That lets the bus stay small and strict: each subscriber gets a
 bounded queue, and a subscriber that does not drain it is dropped rather than allowed to grow
 memory. A dropped follower just re-reads from the store where it left off.
+
+Events written by other processes (a Ray worker, another API replica) reach the bus as a
+*poke* from the store watcher (``core.runs.watch``): "run R has events up to seq S"; a
+follower behind S re-reads the store.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class EventType(StrEnum):
     case = "case"  # {name, status, duration_ms, details}
     result = "result"  # {summary}
     error = "error"  # {code, message}
+    attempt = "attempt"  # {attempt, reason}: a retry starts; drop the previous attempt's state
 
 
 class _Dropped:
@@ -39,22 +44,31 @@ class _Dropped:
 DROPPED: Final = _Dropped()
 
 
+class Poke:
+    """Queued to subscribers when the store has events of their run up to ``seq``."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+
 class Subscription:
     """One follower's bounded queue of live events for one run."""
 
     def __init__(self, run_id: str, maxsize: int) -> None:
         self.run_id = run_id
-        self.queue: asyncio.Queue[RunEventPublic | _Dropped] = asyncio.Queue(maxsize)
+        self.queue: asyncio.Queue[RunEventPublic | _Dropped | Poke] = asyncio.Queue(maxsize)
         self.dropped = False
 
-    async def next(self, timeout: float | None) -> RunEventPublic | _Dropped | None:
+    async def next(self, timeout: float | None) -> RunEventPublic | _Dropped | Poke | None:
         """The next live event, DROPPED if we fell behind, or None after ``timeout`` idle."""
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:
             return None
 
-    def _offer(self, event: RunEventPublic) -> bool:
+    def _offer(self, event: RunEventPublic | Poke) -> bool:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -82,6 +96,8 @@ class EventBus:
         self.dropped_total = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        # Highest seq this bus has seen per followed run (published here or poked).
+        self._latest: dict[str, int] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -98,6 +114,7 @@ class EventBus:
             subscribers.discard(subscription)
             if not subscribers:
                 del self._subscribers[subscription.run_id]
+                self._latest.pop(subscription.run_id, None)
 
     def publish(self, event: RunEventPublic) -> None:
         loop = self._loop
@@ -105,6 +122,19 @@ class EventBus:
             return  # nobody can be listening; the event is in the store already
         with contextlib.suppress(RuntimeError):  # the loop closed since the check
             loop.call_soon_threadsafe(self._deliver, event)
+
+    def poke(self, run_id: str, seq: int) -> None:
+        """Another process stored events of ``run_id`` up to ``seq`` (any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._deliver_poke, run_id, seq)
+
+    def followed_runs(self) -> dict[str, int]:
+        """Run id -> highest seq seen here, for every run with followers (any thread)."""
+        latest = dict(self._latest)
+        return {run_id: latest.get(run_id, 0) for run_id in list(self._subscribers)}
 
     # Diagnostics (stats, tests); safe to call from other threads: they only copy and count.
 
@@ -119,11 +149,22 @@ class EventBus:
         return sum(sub.queue.qsize() for sub in subscriptions)
 
     def _deliver(self, event: RunEventPublic) -> None:
-        for subscription in list(self._subscribers.get(event.run_id, ())):
-            if not subscription._offer(event):
+        self._offer_all(event.run_id, event.seq, event)
+
+    def _deliver_poke(self, run_id: str, seq: int) -> None:
+        if seq > self._latest.get(run_id, 0):
+            self._offer_all(run_id, seq, Poke(seq))
+
+    def _offer_all(self, run_id: str, seq: int, item: RunEventPublic | Poke) -> None:
+        subscribers = self._subscribers.get(run_id)
+        if not subscribers:
+            return
+        self._latest[run_id] = max(seq, self._latest.get(run_id, 0))
+        for subscription in list(subscribers):
+            if not subscription._offer(item):
                 self.unsubscribe(subscription)
                 self.dropped_total += 1
-                logger.warning("dropped a slow subscriber of run %s", event.run_id)
+                logger.warning("dropped a slow subscriber of run %s", run_id)
 
 
 # (events with seq > after, whether the run had ended when they were read)
@@ -178,6 +219,9 @@ async def _live(
             return
         elif isinstance(item, _Dropped):
             return
+        elif isinstance(item, Poke):
+            if item.seq > last:
+                return  # stored by another process: read it from the store
         elif item.seq <= last:
             continue  # already sent from the backlog
         elif item.seq > last + 1:

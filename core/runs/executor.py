@@ -18,16 +18,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel
-
 from core.config import Settings
-from core.errors import FeatureUnavailable, PlatformError, RunCancelled
-from core.runs.context import JobFn, RunContext, StopReason, StopSignal
+from core.runs.attempt import Held, JobTable, LeaseKeeper, execute_attempt
+from core.runs.context import StopReason, StopSignal
 from core.runs.service import RunService
 from core.store.models import Run, RunStatus, utcnow
 
@@ -35,14 +33,7 @@ logger = logging.getLogger(__name__)
 
 STALE_AFTER_HEARTBEATS = 3  # a run is presumed orphaned after this many missed heartbeats
 
-
-@dataclass(frozen=True)
-class JobTable:
-    """What an executor needs to run one component's runs."""
-
-    component: str
-    parse: Callable[[dict[str, Any]], Any]  # stored params -> the validated request
-    jobs: Mapping[str, JobFn]  # kind -> job function
+__all__ = ["STALE_AFTER_HEARTBEATS", "Executor", "JobTable", "LocalExecutor", "build_executor"]
 
 
 class Executor(abc.ABC):
@@ -61,6 +52,20 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def cancel(self, run_id: str) -> bool:
         """Signal a running job to stop; True if this executor was running it."""
+
+    def unavailable_reason(self) -> str | None:
+        """Why this executor cannot run jobs now (``/ready`` answers 503 with it), or None."""
+        return None
+
+
+def recover_stale(service: RunService, settings: Settings) -> bool:
+    """Re-queue (or fail) runs whose holder stopped heart-beating; True if any were queued."""
+    heartbeat_s = settings.executor.heartbeat_s
+    stale_before = utcnow() - timedelta(seconds=heartbeat_s * STALE_AFTER_HEARTBEATS)
+    recovered = service.recover_stale(
+        stale_before=stale_before, max_attempts=settings.executor.max_attempts
+    )
+    return any(run.status == RunStatus.queued for run in recovered)
 
 
 @dataclass
@@ -88,26 +93,28 @@ class LocalExecutor(Executor):
         self.engine = engine
         self.poll_s = poll_s
         self.executor_id = uuid.uuid4().hex[:12]
-        self._heartbeat_s = settings.executor.heartbeat_s
         self._limits = {name: settings.executor.concurrency.get(name, 1) for name in self.tables}
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()  # no more claims
-        self._closed = threading.Event()  # no more heartbeats (after the grace period)
-        self._threads: list[threading.Thread] = []
+        self._keeper = LeaseKeeper(
+            service=service,
+            heartbeat_s=settings.executor.heartbeat_s,
+            held=self._held,
+            after_beat=self._recover_while_running,
+        )
+        self._dispatcher: threading.Thread | None = None
 
     # Executor interface -------------------------------------------------------------
 
     def start(self) -> None:
         self._recover()
-        for target, name in (
-            (self._dispatch_loop, "dispatch"),
-            (self._heartbeat_loop, "heartbeat"),
-        ):
-            thread = threading.Thread(target=target, name=f"hatchery-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name="hatchery-dispatch", daemon=True
+        )
+        self._dispatcher.start()
+        self._keeper.start()
         logger.info("local executor %s started: %s", self.executor_id, self._limits)
 
     def submit(self, run_id: str) -> None:
@@ -129,9 +136,9 @@ class LocalExecutor(Executor):
             if active.thread is not None:
                 active.thread.join(max(0.0, deadline - time.monotonic()))
         # Heartbeats went on during the grace period, so no other process took these runs.
-        self._closed.set()
-        for thread in self._threads:
-            thread.join()
+        self._keeper.close()
+        if self._dispatcher is not None:
+            self._dispatcher.join()
         for active in self._snapshot():
             # Still running after the grace period: hand it back to the queue. The attempt is
             # refunded — a clean shutdown is not the job's fault.
@@ -184,32 +191,17 @@ class LocalExecutor(Executor):
             self._active[run.id] = active
         active.thread.start()
 
-    # Heartbeats and recovery --------------------------------------------------------------
+    # Leases and recovery --------------------------------------------------------------
 
-    def _heartbeat_loop(self) -> None:
-        while not self._closed.wait(self._heartbeat_s):
-            try:
-                self._beat()
-                if not self._stopping.is_set():
-                    self._recover()
-            except Exception:
-                logger.exception("heartbeat failed; retrying")
+    def _held(self) -> dict[str, Held]:
+        return {a.run_id: Held(a.lease, a.stop) for a in self._snapshot()}
 
-    def _beat(self) -> None:
-        actives = {a.run_id: a for a in self._snapshot()}
-        held = self.service.heartbeat(leases={rid: a.lease for rid, a in actives.items()})
-        for run_id, active in actives.items():
-            if run_id not in held:
-                active.stop.set(StopReason.lost)
-            elif held[run_id]:  # cancel requested, perhaps through another server process
-                active.stop.set(StopReason.cancelled)
+    def _recover_while_running(self) -> None:
+        if not self._stopping.is_set():
+            self._recover()
 
     def _recover(self) -> None:
-        stale_before = utcnow() - timedelta(seconds=self._heartbeat_s * STALE_AFTER_HEARTBEATS)
-        recovered = self.service.recover_stale(
-            stale_before=stale_before, max_attempts=self.settings.executor.max_attempts
-        )
-        if any(run.status == RunStatus.queued for run in recovered):
+        if recover_stale(self.service, self.settings):
             self._wake.set()
 
     def _snapshot(self) -> list[_Active]:
@@ -220,7 +212,15 @@ class LocalExecutor(Executor):
 
     def _run_job(self, run: Run, active: _Active) -> None:
         try:
-            self._execute(run, active)
+            execute_attempt(
+                run=run,
+                lease=active.lease,
+                stop=active.stop,
+                table=self.tables[run.component],
+                service=self.service,
+                settings=self.settings,
+                engine=self.engine,
+            )
         except Exception:
             logger.exception("run %s: recording its outcome failed", run.id)
         finally:
@@ -228,95 +228,17 @@ class LocalExecutor(Executor):
                 self._active.pop(run.id, None)
             self._wake.set()  # a slot is free
 
-    def _execute(self, run: Run, active: _Active) -> None:
-        table = self.tables[run.component]
-        context = RunContext(
-            run_id=run.id,
-            component=run.component,
-            kind=run.kind,
-            attempt=run.attempts,
-            lease=active.lease,
-            service=self.service,
-            settings=self.settings,
-            engine=self.engine,
-            stop=active.stop,
-        )
-        finish = _Finisher(self.service, run.id, active.lease)
-        try:
-            request = table.parse(run.params)
-            job = table.jobs[run.kind]
-            result = job(context, request)
-        except RunCancelled as exc:
-            if active.stop.reason in (StopReason.shutdown, StopReason.lost):
-                return  # the run was handed back; its next holder will run it
-            finish.cancelled(exc.message)
-        except PlatformError as exc:
-            finish.failed(exc.code, exc.message)
-        except Exception as exc:
-            logger.exception("run %s (%s/%s) failed", run.id, run.component, run.kind)
-            finish.failed("job_failed", f"{type(exc).__name__}: {exc}")
-        else:
-            if not isinstance(result, BaseModel):
-                finish.failed(
-                    "invalid_result", f"job returned {type(result).__name__}, not a model"
-                )
-            else:
-                finish.succeeded(result)
-
-
-class _Finisher:
-    """Records the outcome of one attempt through the service."""
-
-    def __init__(self, service: RunService, run_id: str, lease: str) -> None:
-        self.service, self.run_id, self.lease = service, run_id, lease
-
-    def succeeded(self, result: BaseModel) -> None:
-        dumped = result.model_dump(mode="json")
-        self.service.finish(
-            run_id=self.run_id,
-            lease=self.lease,
-            status=RunStatus.succeeded,
-            result=dumped,
-            summary=_summary(result, dumped),
-        )
-
-    def failed(self, code: str, message: str) -> None:
-        error = {"code": code, "message": message}
-        self.service.finish(
-            run_id=self.run_id, lease=self.lease, status=RunStatus.failed, error=error
-        )
-
-    def cancelled(self, message: str) -> None:
-        error = {"code": "cancelled", "message": message}
-        self.service.finish(
-            run_id=self.run_id, lease=self.lease, status=RunStatus.cancelled, error=error
-        )
-
-
-def _summary(result: BaseModel, dumped: dict[str, Any]) -> Any:
-    """A result's own ``summary`` (field or method) if it has one, else the result if small."""
-    summary = getattr(result, "summary", None)
-    if callable(summary):
-        summary = summary()
-    if summary is not None:
-        return summary.model_dump(mode="json") if isinstance(summary, BaseModel) else summary
-    return dumped if len(result.model_dump_json()) <= 2048 else None
-
 
 def build_executor(
     *, settings: Settings, service: RunService, tables: Mapping[str, JobTable], engine: Any
 ) -> Executor:
-    """The executor ``settings.executor.kind`` names, attached to ``service``.
+    """The executor ``settings.executor.kind`` names, attached to ``service``."""
+    executor: Executor
+    if settings.executor.kind == "ray":
+        from core.runs.ray_executor import RayExecutor  # imports Ray: only when asked for
 
-    ``ray`` (DESIGN §4, wave 2) is refused here with a clear error until it is built: the
-    ``Executor`` interface is all a Ray executor needs to plug in without touching components.
-    """
-    if settings.executor.kind != "local":
-        raise FeatureUnavailable(
-            f"{settings.executor.kind} executor not available in this build; "
-            "set executor.kind to 'local'",
-            code="executor_unavailable",
-        )
-    executor = LocalExecutor(service=service, tables=tables, settings=settings, engine=engine)
+        executor = RayExecutor(service=service, tables=tables, settings=settings)
+    else:
+        executor = LocalExecutor(service=service, tables=tables, settings=settings, engine=engine)
     service.executor = executor
     return executor

@@ -150,9 +150,13 @@ class RunService:
 
     # Running runs (executor side) -------------------------------------------------------
 
-    def claim(self, *, component: str, lease: str) -> Run | None:
+    def claim(self, *, component: str, lease: str, limit: int | None = None) -> Run | None:
+        """The oldest queued run of ``component``, now running under ``lease``; with ``limit``,
+        only while fewer than that many runs of the component run anywhere."""
         with self.store.write_session() as session:
-            moved = crud.claim_next_queued(session, component=component, lease=lease)
+            moved = crud.claim_next_queued(
+                session, component=component, lease=lease, limit=limit
+            )
         if moved is None:
             return None
         self._publish([moved[1]])
@@ -209,6 +213,10 @@ class RunService:
         events: list[RunEvent] = []
         try:
             with self.store.write_session() as session:
+                if status == RunStatus.succeeded and crud.lock_cancel_flag(session, run_id=run_id):
+                    # The cancel was acknowledged before this commit: it wins, the result stays.
+                    status = RunStatus.cancelled
+                    error = {"code": "cancelled", "message": "run was cancelled"}
                 if status == RunStatus.succeeded:
                     data: dict[str, Any] = {"summary": summary}
                     events.append(_must_append(session, run_id, lease, "result", data))
@@ -245,6 +253,28 @@ class RunService:
     def heartbeat(self, *, leases: dict[str, str]) -> dict[str, bool]:
         with self.store.write_session() as session:
             return crud.heartbeat(session, leases=leases)
+
+    def held_runs(self, *, leases: dict[str, str]) -> dict[str, bool]:
+        """Run id -> cancel requested, for the runs still held under ``leases`` (no write)."""
+        with self.store.read_session() as session:
+            return crud.held_runs(session, leases=leases)
+
+    def release_lost(
+        self, *, run_id: str, lease: str, max_attempts: int, reason: str = "worker_lost"
+    ) -> Run | None:
+        """The worker holding ``lease`` died: re-queue the run (or fail it, out of attempts)."""
+        with self.store.write_session() as session:
+            run = crud.get_run(session, run_id=run_id)
+            if run is None or run.status != RunStatus.running or run.worker_id != lease:
+                return None
+            moved = crud.requeue_or_fail(
+                session, run=run, max_attempts=max_attempts, lease=lease, reason=reason
+            )
+        if moved is None:
+            return None
+        self._publish([moved[1]])
+        logger.warning("run %s lost its worker (%s): now %s", run_id, reason, moved[0].status)
+        return moved[0]
 
     def recover_stale(self, *, stale_before: datetime, max_attempts: int) -> list[Run]:
         """Re-queue (or fail, out of attempts) runs whose worker stopped heart-beating."""

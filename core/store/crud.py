@@ -12,7 +12,7 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -26,6 +26,8 @@ from core.store.models import (
 )
 
 _TERMINAL = [status.value for status in TERMINAL_STATUSES]
+# session.info key: run id -> highest seq appended in this transaction (announced at commit).
+WRITTEN_EVENTS = "hatchery_written_events"
 
 
 def create_run(
@@ -43,6 +45,7 @@ def create_run(
     session.flush()
     session.add(RunEvent(run_id=run.id, seq=1, type="status", data={"status": "queued"}))
     session.flush()
+    session.info.setdefault(WRITTEN_EVENTS, {})[run.id] = 1
     return run
 
 
@@ -103,18 +106,24 @@ def append_event(
         conditions.append(col(Run.status).not_in(_TERMINAL))
     if lease is not None:
         conditions.append(col(Run.worker_id) == lease)
-    seq = session.execute(
+    row = session.execute(
         update(Run)
         .where(*conditions)
         .values(last_seq=col(Run.last_seq) + 1)
-        .returning(col(Run.last_seq))
+        .returning(col(Run.last_seq), col(Run.attempts))
         .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
-    if seq is None:
+    ).first()
+    if row is None:
         return None
-    event = RunEvent(run_id=run_id, seq=seq, type=type, ts=utcnow(), data=data)
+    seq, attempts = row
+    # Events before the first claim (queued, a cancel while queued) belong to attempt 1.
+    event = RunEvent(
+        run_id=run_id, seq=seq, attempt=max(1, attempts), type=type, ts=utcnow(), data=data
+    )
     session.add(event)
     session.flush()
+    written = session.info.setdefault(WRITTEN_EVENTS, {})
+    written[run_id] = max(seq, written.get(run_id, 0))
     return event
 
 
@@ -137,6 +146,7 @@ def set_status(
     only_from: Collection[RunStatus] | None = None,
     lease: str | None = None,
     event_data: dict[str, Any] | None = None,
+    prelude: list[tuple[str, dict[str, Any]]] | None = None,
     **fields: Any,
 ) -> tuple[Run, RunEvent] | None:
     """Move a run to ``status`` and append its status event; None if the move is not allowed.
@@ -144,6 +154,7 @@ def set_status(
     Terminal runs never move. ``only_from`` narrows the allowed current statuses and ``lease``
     requires the caller to still hold the run. ``fields`` are extra columns to set
     (result, error, message, progress…); ``finished_at`` is set on terminal moves.
+    ``prelude``: events appended after the move and before the status event.
     """
     allowed = [s.value for s in (only_from or RunStatus) if s not in TERMINAL_STATUSES]
     conditions = [col(Run.id) == run_id, col(Run.status).in_(allowed)]
@@ -160,6 +171,8 @@ def set_status(
     ).scalar_one_or_none()
     if moved is None:
         return None
+    for type, prelude_data in prelude or ():
+        append_event(session, run_id=run_id, type=type, data=prelude_data, allow_terminal=True)
     data = {"status": status.value, **(event_data or {})}
     event = append_event(session, run_id=run_id, type="status", data=data, allow_terminal=True)
     assert event is not None  # the row exists: we just updated it
@@ -186,28 +199,53 @@ def update_progress(
 
 
 def claim_next_queued(
-    session: Session, *, component: str, lease: str
+    session: Session, *, component: str, lease: str, limit: int | None = None
 ) -> tuple[Run, RunEvent] | None:
     """Take the oldest queued run of ``component`` and mark it running under ``lease``.
 
     SKIP LOCKED lets several executors (processes, replicas) claim from PostgreSQL at once;
-    on SQLite the BEGIN IMMEDIATE transaction already makes the claim exclusive.
+    on SQLite the BEGIN IMMEDIATE transaction already makes the claim exclusive. With
+    ``limit``, nothing is claimed while that many runs of the component are running anywhere
+    (a cluster-wide limit): on PostgreSQL claimers of one component queue on an advisory lock
+    so that two of them cannot both see the last free place.
+
+    A run that was started before (re-queued) gets an ``attempt`` event first, so followers
+    know to drop what the previous attempt streamed.
     """
-    run_id = session.scalars(
-        select(col(Run.id))
+    if limit is not None:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"hatchery.claim.{component}"},
+            )
+        running = session.scalar(
+            select(func.count())
+            .select_from(Run)
+            .where(col(Run.component) == component, col(Run.status) == RunStatus.running.value)
+        )
+        if (running or 0) >= limit:
+            return None
+    row = session.execute(
+        select(col(Run.id), col(Run.attempts), col(Run.started_at))
         .where(col(Run.component) == component, col(Run.status) == RunStatus.queued.value)
         .order_by(col(Run.created_at), col(Run.id))
         .limit(1)
         .with_for_update(skip_locked=True)
     ).first()
-    if run_id is None:
+    if row is None:
         return None
+    run_id, attempts, started_at = row
+    prelude = None
+    if started_at is not None:
+        reason = _last_requeue_reason(session, run_id=run_id)
+        prelude = [("attempt", {"attempt": attempts + 1, "reason": reason})]
     now = utcnow()
     return set_status(
         session,
         run_id=run_id,
         status=RunStatus.running,
         only_from=[RunStatus.queued],
+        prelude=prelude,
         worker_id=lease,
         attempts=col(Run.attempts) + 1,
         started_at=now,
@@ -215,6 +253,28 @@ def claim_next_queued(
         progress=0.0,
         message=None,
     )
+
+
+def _last_requeue_reason(session: Session, *, run_id: str) -> str:
+    data = session.scalars(
+        select(col(RunEvent.data))
+        .where(col(RunEvent.run_id) == run_id, col(RunEvent.type) == "status")
+        .order_by(col(RunEvent.seq).desc())
+        .limit(1)
+    ).first()
+    return str((data or {}).get("reason") or "requeued")
+
+
+def held_runs(session: Session, *, leases: dict[str, str]) -> dict[str, bool]:
+    """Like ``heartbeat`` (run id -> cancel_requested for the runs still held) but read-only."""
+    if not leases:
+        return {}
+    rows = session.execute(
+        select(col(Run.id), col(Run.worker_id), col(Run.cancel_requested)).where(
+            col(Run.id).in_(list(leases)), col(Run.status) == RunStatus.running.value
+        )
+    ).all()
+    return {run_id: bool(cancel) for run_id, worker, cancel in rows if leases[run_id] == worker}
 
 
 def heartbeat(session: Session, *, leases: dict[str, str]) -> dict[str, bool]:
@@ -251,35 +311,62 @@ def requeue_stale(
         )
         .with_for_update(skip_locked=True)
     ).all()
-    moves: list[tuple[Run, RunEvent] | None] = []
-    for run in stale:
-        if run.attempts < max_attempts:
-            moves.append(requeue(session, run_id=run.id, reason="worker_lost"))
-            continue
-        error = {
-            "code": "interrupted",
-            "message": f"worker stopped responding; gave up after {run.attempts} attempts",
-        }
-        moves.append(
-            set_status(
-                session,
-                run_id=run.id,
-                status=RunStatus.failed,
-                error=error,
-                worker_id=None,
-                event_data={"error": error},
-            )
-        )
+    moves = [requeue_or_fail(session, run=run, max_attempts=max_attempts) for run in stale]
     return [move for move in moves if move is not None]
+
+
+def requeue_or_fail(
+    session: Session,
+    *,
+    run: Run,
+    max_attempts: int,
+    lease: str | None = None,
+    reason: str = "worker_lost",
+) -> tuple[Run, RunEvent] | None:
+    """A running run whose worker died: back to the queue, or failed ``interrupted`` if out
+    of attempts (those refunded after a clean shutdown do not count)."""
+    if run.attempts - run.attempts_refunded < max_attempts:
+        return requeue(session, run_id=run.id, reason=reason, lease=lease)
+    error = {
+        "code": "interrupted",
+        "message": f"worker stopped responding; gave up after {run.attempts} attempts",
+    }
+    return set_status(
+        session,
+        run_id=run.id,
+        status=RunStatus.failed,
+        only_from=[RunStatus.running],
+        lease=lease,
+        error=error,
+        worker_id=None,
+        event_data={"error": error},
+    )
 
 
 def requeue(
     session: Session, *, run_id: str, reason: str, lease: str | None = None, refund: bool = False
 ) -> tuple[Run, RunEvent] | None:
-    """Put a running run back in the queue. ``refund`` gives back the attempt (graceful stop)."""
+    """Put a running run back in the queue. ``refund`` gives back the attempt (graceful stop).
+
+    A run whose cancel was asked for ends ``cancelled`` instead: a cancel is never lost to a
+    retry.
+    """
+    cancel = session.scalar(select(col(Run.cancel_requested)).where(col(Run.id) == run_id))
+    if cancel:
+        error = {"code": "cancelled", "message": "run was cancelled"}
+        return set_status(
+            session,
+            run_id=run_id,
+            status=RunStatus.cancelled,
+            only_from=[RunStatus.running],
+            lease=lease,
+            error=error,
+            worker_id=None,
+            event_data={"error": error},
+        )
     fields: dict[str, Any] = {"worker_id": None, "heartbeat_at": None, "message": None}
     if refund:
-        fields["attempts"] = col(Run.attempts) - 1  # a running run has attempts >= 1
+        fields["attempts_refunded"] = col(Run.attempts_refunded) + 1
     return set_status(
         session,
         run_id=run_id,
@@ -289,6 +376,16 @@ def requeue(
         event_data={"reason": reason},
         **fields,
     )
+
+
+def lock_cancel_flag(session: Session, *, run_id: str) -> bool:
+    """Lock the run row (PostgreSQL; SQLite's write lock is held already) and read its cancel
+    flag: a concurrent ``request_cancel`` then commits either before this (and is seen) or
+    after the run has ended (and finds nothing to flag)."""
+    flag = session.scalar(
+        select(col(Run.cancel_requested)).where(col(Run.id) == run_id).with_for_update()
+    )
+    return bool(flag)
 
 
 def request_cancel(session: Session, *, run_id: str) -> tuple[Run, RunEvent | None] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,13 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from core.store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from core.store.crud import WRITTEN_EVENTS
 
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL NOTIFY channel announcing committed events: payload "origin run_id seq".
+EVENTS_CHANNEL = "hatchery_run_events"
 _BEGIN_OPTION = "hatchery_sqlite_begin"
 
 
@@ -98,6 +102,10 @@ class Store:
             engine = create_store_engine(url)
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self.is_postgresql = engine.dialect.name == "postgresql"
+        # Names this store's writes in event announcements, so this process's own watcher can
+        # skip them: its followers got those events through the in-process bus already.
+        self.origin = uuid.uuid4().hex[:16]
         self._writer: Engine = (
             engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}) if self.is_sqlite else engine
         )
@@ -127,10 +135,22 @@ class Store:
         with self._write_lock, Session(self._writer, expire_on_commit=False) as session:
             try:
                 yield session
+                self._announce(session)
                 session.commit()
             except BaseException:
                 session.rollback()
                 raise
+
+    def _announce(self, session: Session) -> None:
+        """NOTIFY the events this transaction wrote; PostgreSQL delivers them at commit."""
+        written: dict[str, int] = session.info.pop(WRITTEN_EVENTS, {})
+        if not self.is_postgresql:
+            return
+        for run_id, seq in written.items():
+            session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": EVENTS_CHANNEL, "payload": f"{self.origin} {run_id} {seq}"},
+            )
 
     def ping(self) -> bool:
         try:

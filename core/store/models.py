@@ -112,7 +112,11 @@ class Run(RunBase, table=True):
     owner: str | None = Field(default=None, max_length=64, index=True)
     result: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     error: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    # Times the run was started; a start that ended in a clean shutdown is refunded below, so
+    # attempts - attempts_refunded is what max_attempts limits. Kept monotonic because events
+    # are tagged with their attempt: two stretches of a stream must never share a number.
     attempts: int = 0
+    attempts_refunded: int = 0
     # Highest event seq handed out; bumped in the same transaction as the event insert.
     last_seq: int = 0
     cancel_requested: bool = False
@@ -129,6 +133,8 @@ class RunEvent(SQLModel, table=True):
 
     run_id: str = Field(foreign_key="run.id", primary_key=True, max_length=32, ondelete="CASCADE")
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    # The attempt (1-based) that wrote it: readers reset per-attempt state when it changes.
+    attempt: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     type: str = Field(max_length=32)
     ts: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
@@ -214,6 +220,7 @@ class RunsPublic(BaseModel):
 class RunEventPublic(BaseModel):
     seq: int
     run_id: str
+    attempt: int = 1
     type: str
     ts: datetime
     data: dict[str, Any]
@@ -221,7 +228,12 @@ class RunEventPublic(BaseModel):
     @classmethod
     def from_event(cls, event: RunEvent) -> RunEventPublic:
         return cls(
-            seq=event.seq, run_id=event.run_id, type=event.type, ts=event.ts, data=event.data
+            seq=event.seq,
+            run_id=event.run_id,
+            attempt=event.attempt,
+            type=event.type,
+            ts=event.ts,
+            data=event.data,
         )
 
     @property

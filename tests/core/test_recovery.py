@@ -16,9 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from core.errors import FeatureUnavailable
 from core.runs.events import EventBus
-from core.runs.executor import LocalExecutor, build_executor
+from core.runs.executor import LocalExecutor
 from core.runs.service import RunService
 from core.store import crud
 from core.store.db import Store
@@ -115,14 +114,23 @@ def test_graceful_stop_requeues_with_the_attempt_refunded(
     wait_status(service, run_id, "running")
     executor.stop(grace_s=0.1)
     run = service.get(run_id=run_id)
-    assert (run.status, run.attempts, run.worker_id) == ("queued", 0, None)
+    # Attempts count starts; the refunded one does not count against max_attempts.
+    assert (run.status, run.attempts, run.attempts_refunded, run.worker_id) == (
+        "queued",
+        1,
+        1,
+        None,
+    )
     assert executor.active_count == 0 or _settles(lambda: executor.active_count == 0)
     assert status_events(service, run_id)[-1] == {"status": "queued", "reason": "shutdown"}
 
     successor = make_executor()
     successor.start()
     service.cancel(run_id=wait_status(service, run_id, "running").id)
-    assert wait_status(service, run_id, "cancelled").attempts == 1
+    assert wait_status(service, run_id, "cancelled").attempts == 2
+    events, _ = service.events_after(run_id=run_id, after=0)
+    marker = next(event for event in events if event.type == "attempt")
+    assert marker.data == {"attempt": 2, "reason": "shutdown"} and marker.attempt == 2
 
 
 def test_job_that_lost_its_lease_stops_and_its_outcome_is_discarded(
@@ -150,15 +158,6 @@ def test_concurrency_is_bounded_per_component(
         time.sleep(0.005)
     assert 1 <= peak <= 2
     assert {service.get(run_id=run_id).attempts for run_id in ids} == {1}
-
-
-def test_ray_executor_is_refused_clearly(service: RunService, store_url: str) -> None:
-    settings = make_settings(store_url, **{"executor.kind": "ray"})
-    with pytest.raises(
-        FeatureUnavailable, match="ray executor not available in this build"
-    ) as caught:
-        build_executor(settings=settings, service=service, tables={}, engine=None)
-    assert isinstance(caught.value, NotImplementedError)
 
 
 def _settles(check: Callable[[], bool], timeout: float = 5) -> bool:
