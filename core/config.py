@@ -7,6 +7,8 @@ unknown keys are refused so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -16,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from core.errors import ConfigError
 
@@ -69,6 +72,19 @@ class StoreSettings(BaseModel):
     url: str = Field("sqlite:///./data/hatchery.db", min_length=1)
 
 
+class RayResources(BaseModel):
+    """What one run asks Ray for (``ray.remote`` options)."""
+
+    model_config = _FORBID
+    num_cpus: float | None = Field(None, ge=0)
+    num_gpus: float | None = Field(None, ge=0)
+    memory: int | None = Field(None, gt=0)  # bytes
+    resources: dict[str, float] = Field(default_factory=dict)  # custom resources
+
+
+_RESOURCE_KEY = re.compile(r"[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)?")
+
+
 class ExecutorSettings(BaseModel):
     model_config = _FORBID
     kind: Literal["local", "ray"] = "local"
@@ -77,17 +93,42 @@ class ExecutorSettings(BaseModel):
     )
     heartbeat_s: float = Field(5.0, gt=0)
     max_attempts: int = Field(2, gt=0)
+    # null: start a local Ray instance in this process; "auto": the cluster this machine is part
+    # of; "host:port" (GCS) or "ray://host:10001" (Ray Client): that cluster.
     ray_address: str | None = None
+    # Per component ("benchmark") or component and kind ("generator.model"); the most specific
+    # entry wins. Without one a run asks for one CPU.
+    ray_resources: dict[str, RayResources] = Field(default_factory=dict)
     # On shutdown, running jobs get this long to stop before they are re-queued.
     grace_s: float = Field(10.0, gt=0)
 
     @field_validator("concurrency")
     @classmethod
-    def _positive_concurrency(cls, value: dict[str, int]) -> dict[str, int]:
-        bad = sorted(name for name, limit in value.items() if limit <= 0)
+    def _concurrency_not_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        # 0: this process accepts the component's runs but leaves running them to others
+        # (an API-only replica); with kind ray the limits hold across the whole cluster.
+        bad = sorted(name for name, limit in value.items() if limit < 0)
         if bad:
-            raise ValueError(f"concurrency must be positive for: {', '.join(bad)}")
+            raise ValueError(f"concurrency must not be negative for: {', '.join(bad)}")
         return value
+
+    @field_validator("ray_resources")
+    @classmethod
+    def _resource_keys(cls, value: dict[str, RayResources]) -> dict[str, RayResources]:
+        bad = sorted(key for key in value if not _RESOURCE_KEY.fullmatch(key))
+        if bad:
+            raise ValueError(f"keys must be 'component' or 'component.kind', not: {', '.join(bad)}")
+        return value
+
+    def ray_options(self, component: str, kind: str) -> dict[str, Any]:
+        """The ``ray.remote`` resource options for one run of ``component``/``kind``."""
+        entry = self.ray_resources.get(f"{component}.{kind}") or self.ray_resources.get(component)
+        if entry is None:
+            return {"num_cpus": 1}
+        options: dict[str, Any] = entry.model_dump(exclude_none=True, exclude={"resources"})
+        if entry.resources:
+            options["resources"] = dict(entry.resources)
+        return options
 
 
 class AuthSettings(BaseModel):
@@ -210,6 +251,12 @@ class Settings(BaseSettings):
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     data_dir: str = "data"
 
+    @model_validator(mode="after")
+    def _executor_can_run(self) -> Settings:
+        if self.executor.kind == "ray":
+            _check_ray_setup(self)
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -221,6 +268,46 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Highest priority first: CLI (init kwargs) > environment > YAML > defaults.
         return init_settings, env_settings, _YamlLayer(settings_cls)
+
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _check_ray_setup(settings: Settings) -> None:
+    """Ray must be importable, and its workers must be able to reach the store.
+
+    SQLite is a file: only processes on this machine can open it. So Ray with SQLite is
+    allowed where every Ray worker runs on this machine: a Ray instance this process starts
+    (``ray_address: null``) or a cluster addressed on loopback. Anything else needs a store
+    server (PostgreSQL).
+    """
+    try:
+        importlib.import_module("ray")
+    except ImportError as exc:
+        raise ValueError(
+            f"executor.kind is 'ray' but Ray cannot be imported ({exc}); "
+            "install it (pip install 'hatchery[ray]') or use executor.kind: local"
+        ) from None
+    url = make_url(settings.store.url)
+    if url.get_backend_name() != "sqlite":
+        return
+    database = url.database or ""
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        raise ValueError("executor.kind 'ray' needs a store its workers can open, not in-memory")
+    address = settings.executor.ray_address
+    if address is not None and _address_host(address) not in _LOOPBACK_HOSTS:
+        raise ValueError(
+            f"store.url is SQLite, which Ray workers on other machines cannot reach "
+            f"(executor.ray_address {address!r}); use PostgreSQL, or a local Ray "
+            "(ray_address null or 127.0.0.1:PORT)"
+        )
+
+
+def _address_host(address: str) -> str:
+    """'ray://h:10001' or 'h:6379' -> 'h'; 'auto' (some cluster, maybe many machines) stays."""
+    rest = address.split("://", 1)[-1]
+    host, _, _ = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    return host.strip("[]") or rest
 
 
 def load_settings(config_file: str | Path | None = None, **cli_overrides: Any) -> Settings:
@@ -277,11 +364,13 @@ def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 def _describe(exc: ValidationError, config_file: str | Path | None) -> str:
     source = f" (config file {config_file}, environment HATCHERY_*, or CLI)" if config_file else ""
-    lines = [f"invalid settings{source}:"]
+    problems = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "settings"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting (check the spelling; see config.example.yaml)"
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{where}: {message}")
+    if len(problems) == 1:  # one problem, one line
+        return f"invalid settings{source}: {problems[0]}"
+    return "\n".join([f"invalid settings{source}:", *(f"  {line}" for line in problems)])

@@ -21,6 +21,7 @@ from sqlalchemy.pool import NullPool
 
 from core.config import Settings, load_settings
 from core.store.db import Store
+from tests.support.ray_cluster import ray_address  # noqa: F401  (a session fixture)
 from tests.support.server import LiveServer
 
 PG_ENV = "HATCHERY_TEST_DATABASE_URL"

@@ -51,6 +51,7 @@ from core.runs.events import EventBus
 from core.runs.executor import JobTable, build_executor
 from core.runs.router import build_all_runs_router, build_run_router, request_parser
 from core.runs.service import RunService
+from core.runs.watch import StoreWatcher
 from core.store.db import Store
 
 logger = logging.getLogger(__name__)
@@ -209,8 +210,8 @@ def _make_lifespan(
         if settings.model.threads is not None:
             await to_thread.run_sync(_set_torch_threads, settings.model.threads)
         owns_engine = engine is None
+        factory = engine_factory or _default_engine_factory()
         if owns_engine:
-            factory = engine_factory or _default_engine_factory()
             observer = app.state.metrics.engine
             app.state.engine = await to_thread.run_sync(_build_engine, factory, settings, observer)
             _preload_in_background(app.state.engine)
@@ -223,15 +224,22 @@ def _make_lifespan(
         service = RunService(store=store, bus=bus)
         tables = {spec.name: spec.job_table() for spec in app.state.components}
         executor = build_executor(
-            settings=settings, service=service, tables=tables, engine=app.state.engine
+            settings=settings,
+            service=service,
+            tables=tables,
+            engine=app.state.engine,
+            engine_factory=factory,
         )
         app.state.store, app.state.event_bus = store, bus
         app.state.run_service, app.state.executor = service, executor
+        watcher = StoreWatcher(store, bus)
+        watcher.start()
         await to_thread.run_sync(executor.start)
         try:
             yield
         finally:
             await to_thread.run_sync(executor.stop, stop_grace_s)
+            await to_thread.run_sync(watcher.stop)
             await to_thread.run_sync(store.dispose)
             if app.state.rate_limiter is not None:
                 await app.state.rate_limiter.close()

@@ -103,12 +103,15 @@ def build_system_router() -> APIRouter:
         return Health()
 
     @router.get("/ready", operation_id="ready", responses={503: {"model": ErrorResponse}})
-    async def ready(store: StoreDep, engine: EngineDep) -> Readiness:
+    async def ready(request: Request, store: StoreDep, engine: EngineDep) -> Readiness:
         store_ok = await run_in_threadpool(store.ping)
         engine_ok = await run_in_threadpool(_engine_ready, engine)
         failing = [name for name, ok in (("store", store_ok), ("engine", engine_ok)) if ok is False]
-        if failing:
-            raise NotReady(f"not ready: {', '.join(failing)} unavailable")
+        executor = getattr(request.app.state, "executor", None)
+        executor_problem = executor.unavailable_reason() if executor is not None else None
+        if failing or executor_problem:
+            reasons = [f"{', '.join(failing)} unavailable"] if failing else []
+            raise NotReady("not ready: " + "; ".join([*reasons, *filter(None, [executor_problem])]))
         return Readiness(store=store_ok, engine=engine_ok)
 
     @router.get("/info", operation_id="info")

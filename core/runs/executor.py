@@ -230,14 +230,25 @@ class LocalExecutor(Executor):
 
 
 def build_executor(
-    *, settings: Settings, service: RunService, tables: Mapping[str, JobTable], engine: Any
+    *,
+    settings: Settings,
+    service: RunService,
+    tables: Mapping[str, JobTable],
+    engine: Any,
+    engine_factory: Any = None,
 ) -> Executor:
-    """The executor ``settings.executor.kind`` names, attached to ``service``."""
+    """The executor ``settings.executor.kind`` names, attached to ``service``.
+
+    ``engine`` serves local jobs; Ray workers build their own with ``engine_factory`` (a
+    module-level ``Settings -> engine`` function, sent to them by reference).
+    """
     executor: Executor
     if settings.executor.kind == "ray":
         from core.runs.ray_executor import RayExecutor  # imports Ray: only when asked for
 
-        executor = RayExecutor(service=service, tables=tables, settings=settings)
+        executor = RayExecutor(
+            service=service, tables=tables, settings=settings, engine_factory=engine_factory
+        )
     else:
         executor = LocalExecutor(service=service, tables=tables, settings=settings, engine=engine)
     service.executor = executor

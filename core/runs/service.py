@@ -154,9 +154,7 @@ class RunService:
         """The oldest queued run of ``component``, now running under ``lease``; with ``limit``,
         only while fewer than that many runs of the component run anywhere."""
         with self.store.write_session() as session:
-            moved = crud.claim_next_queued(
-                session, component=component, lease=lease, limit=limit
-            )
+            moved = crud.claim_next_queued(session, component=component, lease=lease, limit=limit)
         if moved is None:
             return None
         self._publish([moved[1]])

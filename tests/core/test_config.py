@@ -79,7 +79,7 @@ def test_unrelated_hatchery_env_vars_are_ignored(monkeypatch: pytest.MonkeyPatch
         ({"cors.allow_origins": ["*"], "cors.allow_credentials": True}, "cannot be combined"),
         ({"generation.max_n": 0}, "generation.max_n: Input should be greater than 0"),
         ({"server.max_body_bytes": -1}, "server.max_body_bytes"),
-        ({"executor.concurrency": {"test": 0}}, "concurrency must be positive for: test"),
+        ({"executor.concurrency": {"test": -1}}, "concurrency must not be negative for: test"),
         ({"executor.kind": "k8s"}, "executor.kind"),
         ({"generation.max_tokens": 5000}, "must not exceed generation.max_tokens_limit"),
         ({"auth.enabled": True}, "no auth.api_keys or auth.admin_keys"),

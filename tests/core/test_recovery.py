@@ -173,15 +173,19 @@ def _settles(check: Callable[[], bool], timeout: float = 5) -> bool:
 
 
 class ServerProcess:
-    def __init__(self, store_url: str, log: Path) -> None:
+    def __init__(self, store_url: str, log: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = os.environ | {
-            "HATCHERY_STORE__URL": store_url,
-            "HATCHERY_EXECUTOR__HEARTBEAT_S": "0.3",
-            "HATCHERY_EXECUTOR__CONCURRENCY": '{"sample": 1}',
-            "PYTHONPATH": str(REPO_ROOT),
-        }
+        env = (
+            os.environ
+            | {
+                "HATCHERY_STORE__URL": store_url,
+                "HATCHERY_EXECUTOR__HEARTBEAT_S": "0.3",
+                "HATCHERY_EXECUTOR__CONCURRENCY": '{"sample": 1}',
+                "PYTHONPATH": str(REPO_ROOT),
+            }
+            | (extra_env or {})
+        )
         command = [
             sys.executable, "-m", "uvicorn", "--factory",
             "tests.support.sample_component:create_app",

@@ -1,0 +1,230 @@
+"""The Ray executor against a real local Ray cluster (started once per session) and real stores.
+
+Runs of the sample component go through the whole run convention: claimed by the API process,
+run by a detached Ray actor (another process) that writes events to the store, followed over
+the API. The actor reports its pid in its first ``log`` event, which lets the tests kill it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from core.config import Settings
+from core.store import crud
+from core.store.db import Store
+from tests.conftest import make_settings
+from tests.core.test_recovery import ServerProcess
+from tests.support.sample_component import create_app
+from tests.support.server import LiveServer, free_port
+
+pytestmark = pytest.mark.ray
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def ray_settings(store_url: str, address: str, **overrides: Any) -> Settings:
+    base = {
+        "executor.kind": "ray",
+        "executor.ray_address": address,
+        "executor.heartbeat_s": 0.5,
+        "executor.concurrency": {"sample": 2},
+    }
+    return make_settings(store_url, **(base | overrides))
+
+
+@pytest.fixture
+def ray_server(
+    store_url: str, ray_address: str, live_server: Callable[..., LiveServer]
+) -> Iterator[httpx.Client]:
+    server = live_server(create_app(ray_settings(store_url, ray_address)))
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        wait_until(lambda: client.get("/ready").status_code == 200, "ready", timeout=60)
+        yield client
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def submit(client: httpx.Client, body: dict[str, Any]) -> str:
+    response = client.post("/api/sample/run", json=body)
+    assert response.status_code == 202, response.text
+    run_id: str = response.json()["id"]
+    return run_id
+
+
+def status(client: httpx.Client, run_id: str) -> dict[str, Any]:
+    answer: dict[str, Any] = client.get(f"/api/sample/status/{run_id}").json()
+    return answer
+
+
+def finished(client: httpx.Client, run_id: str, timeout: float = 90) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        run = status(client, run_id)
+        return run if run["status"] in TERMINAL else None
+
+    result: dict[str, Any] = wait_until(done, f"run {run_id} to finish", timeout)
+    return result
+
+
+def stored_events(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
+    """Every event of a finished run, through the SSE route (a replay, then the stream ends)."""
+    events = []
+    with client.stream("GET", f"/api/sample/events/{run_id}") as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(httpx.Response(200, content=line[6:]).json())
+    seqs = [event["seq"] for event in events]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    return events
+
+
+def worker_pid(client: httpx.Client, run_id: str, attempt: int = 1) -> int:
+    """The pid the actor of ``attempt`` logged, read over the WebSocket as events arrive."""
+    from websockets.sync.client import connect
+
+    url = str(client.base_url).replace("http", "ws", 1) + f"/api/sample/ws/{run_id}"
+    with connect(url, open_timeout=10) as socket:
+        while True:
+            event = httpx.Response(200, content=socket.recv(timeout=60)).json()
+            data = event.get("data") or {}
+            if event.get("type") == "log" and data.get("attempt") == attempt and "pid" in data:
+                return int(data["pid"])
+            assert not (event.get("type") == "status" and data.get("status") in TERMINAL), event
+
+
+def test_a_run_goes_through_the_convention_on_a_ray_worker(ray_server: httpx.Client) -> None:
+    run_id = submit(ray_server, {"kind": "sleep", "steps": 4, "step_s": 0.05})
+    run = finished(ray_server, run_id)
+    assert (run["status"], run["attempts"], run["progress"]) == ("succeeded", 1, 1.0)
+    result = ray_server.get(f"/api/sample/results/{run_id}").json()["result"]
+    assert result == {"kind": "sleep", "done": 4, "attempt": 1}
+    events = stored_events(ray_server, run_id)
+    logs = [e for e in events if e["type"] == "log"]
+    assert logs and logs[0]["data"]["pid"] != os.getpid()  # it ran in another process
+    assert [e["data"]["progress"] for e in events if e["type"] == "progress"] == [
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+    ]
+    assert {e["attempt"] for e in events} == {1}
+
+
+def test_killing_the_worker_mid_run_retries_it_with_attempt_markers(
+    ray_server: httpx.Client,
+) -> None:
+    run_id = submit(ray_server, {"kind": "sleep", "steps": 60, "step_s": 0.05})
+    pid = worker_pid(ray_server, run_id, attempt=1)
+    wait_until(lambda: status(ray_server, run_id)["progress"] > 0, "progress")
+    os.kill(pid, signal.SIGKILL)
+    run = finished(ray_server, run_id)
+    assert (run["status"], run["attempts"]) == ("succeeded", 2)
+    result = ray_server.get(f"/api/sample/results/{run_id}").json()["result"]
+    assert result == {"kind": "sleep", "done": 60, "attempt": 2}  # the final attempt's result
+
+    events = stored_events(ray_server, run_id)
+    markers = [i for i, e in enumerate(events) if e["type"] == "attempt"]
+    assert len(markers) == 1
+    marker = events[markers[0]]
+    assert marker["data"] == {"attempt": 2, "reason": "worker_lost"} and marker["attempt"] == 2
+    before, after = events[: markers[0]], events[markers[0] :]
+    assert {e["attempt"] for e in before} == {1} and {e["attempt"] for e in after} == {2}
+    assert {"status": "queued", "reason": "worker_lost"} in [
+        e["data"] for e in before if e["type"] == "status"
+    ]
+    # The second attempt streamed its own full progress series, after the marker.
+    progress = [e["data"]["progress"] for e in after if e["type"] == "progress"]
+    assert len(progress) == 60 and progress[-1] == 1.0
+
+
+def test_cancel_reaches_a_ray_worker(ray_server: httpx.Client) -> None:
+    run_id = submit(ray_server, {"kind": "sleep", "steps": 400, "step_s": 0.05})
+    worker_pid(ray_server, run_id)
+    wait_until(lambda: status(ray_server, run_id)["progress"] > 0, "progress")
+    assert ray_server.post(f"/api/sample/cancel/{run_id}").status_code == 200
+    run = finished(ray_server, run_id)
+    assert run["status"] == "cancelled" and run["progress"] < 1.0
+    assert run["error"]["code"] == "cancelled"
+
+
+def ray_env(address: str, **extra: str) -> dict[str, str]:
+    return {
+        "HATCHERY_EXECUTOR__KIND": "ray",
+        "HATCHERY_EXECUTOR__RAY_ADDRESS": address,
+        "HATCHERY_EXECUTOR__CONCURRENCY": '{"sample": 2}',
+        **extra,
+    }
+
+
+def test_runs_stay_queued_while_ray_is_unreachable(sqlite_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    nowhere = f"127.0.0.1:{free_port()}"
+    server = ServerProcess(sqlite_url, tmp_path / "server.log", ray_env(nowhere))
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            reason = f"Ray at {nowhere} is unreachable"
+            ready = wait_until(
+                lambda: (
+                    (answer := client.get("/ready")).status_code == 503
+                    and reason in answer.text
+                    and answer
+                ),
+                "a 503 naming the problem",
+            )
+            assert ready.json()["error"]["code"] == "not_ready"
+            run_id = submit(client, {"kind": "sleep", "steps": 1})
+            time.sleep(1.0)  # several claim rounds of a connected executor
+            assert status(client, run_id)["status"] == "queued"
+            assert client.get("/health").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_killing_the_api_leaves_ray_runs_running(
+    store_url: str, ray_address: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    first = ServerProcess(store_url, log, ray_env(ray_address))
+    try:
+        with httpx.Client(base_url=first.url, timeout=10) as client:
+            wait_until(lambda: client.get("/ready").status_code == 200, "ready")
+            run_id = submit(client, {"kind": "sleep", "steps": 40, "step_s": 0.1})
+            worker_pid(client, run_id)
+    finally:
+        first.kill()
+
+    store = Store(store_url)
+    try:
+
+        def progressed() -> bool:
+            with store.read_session() as session:
+                run = crud.get_run(session, run_id=run_id)
+            assert run is not None and run.status in ("running", "succeeded")
+            return run.progress >= 0.5
+
+        wait_until(progressed, "the run to go on without its API")
+    finally:
+        store.dispose()
+
+    second = ServerProcess(store_url, log, ray_env(ray_address))
+    try:
+        with httpx.Client(base_url=second.url, timeout=10) as client:
+            run = finished(client, run_id)
+            assert (run["status"], run["attempts"]) == ("succeeded", 1)  # never retried
+            events = stored_events(client, run_id)
+            assert [e["type"] for e in events].count("attempt") == 0
+    finally:
+        second.stop()
