@@ -12,6 +12,7 @@ the exceptions below.
 """
 
 from clients._retry import RetryPolicy
+from clients._transcript import RunTranscript
 from clients.aio import AsyncApiClient
 from clients.errors import (
     Conflict,
@@ -56,6 +57,7 @@ __all__ = [
     "RunPublic",
     "RunResults",
     "RunStatus",
+    "RunTranscript",
     "RunsPublic",
     "ServerError",
     "TransportError",

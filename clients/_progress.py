@@ -57,8 +57,11 @@ class RunProgress:
         self._show(run.progress, run.status.value, run.message)
 
     def event(self, event: RunEventPublic) -> None:
-        """Move the bar on ``progress`` and ``status`` events of a followed run."""
-        if event.type == "progress":
+        """Move the bar on ``progress`` and ``status`` events of a followed run; a retry
+        (``attempt`` event) starts the bar over."""
+        if event.type == "attempt":
+            self._show(0.0, f"attempt {event.data.get('attempt')}", "")
+        elif event.type == "progress":
             self._show(event.data.get("progress"), None, event.data.get("message"))
         elif event.type == "status":
             status = event.data.get("status")

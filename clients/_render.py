@@ -104,6 +104,9 @@ def event_line(event: RunEventPublic) -> str | None:
         return f"[dim]{escape(str(data.get('level')))}: {escape(str(data.get('message')))}[/dim]"
     if event.type == "error":
         return f"[red]error {escape(str(data.get('code')))}: {escape(str(data.get('message')))}"
+    if event.type == "attempt":
+        reason = escape(str(data.get("reason")))
+        return f"[yellow]attempt {data.get('attempt')} starts ({reason}); earlier output is void"
     if event.type == "metric":
         unit = data.get("unit") or ""
         return f"[dim]{escape(str(data.get('name')))} = {number(data.get('value'))} {unit}"

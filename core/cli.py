@@ -72,7 +72,8 @@ def serve(
             workers=workers,
         )
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
+        # soft_wrap: a one-line problem stays one line (for logs and grep), however narrow.
+        console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     run(
         options,

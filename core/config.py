@@ -366,11 +366,12 @@ def _describe(exc: ValidationError, config_file: str | Path | None) -> str:
     source = f" (config file {config_file}, environment HATCHERY_*, or CLI)" if config_file else ""
     problems = []
     for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        where = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting (check the spelling; see config.example.yaml)"
-        problems.append(f"{where}: {message}")
+        # Checks across sections (a model validator) name their settings in the message.
+        problems.append(f"{where}: {message}" if where else message)
     if len(problems) == 1:  # one problem, one line
         return f"invalid settings{source}: {problems[0]}"
     return "\n".join([f"invalid settings{source}:", *(f"  {line}" for line in problems)])

@@ -6,6 +6,7 @@ import io
 import json
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -17,6 +18,7 @@ from clients import (
     NotFound,
     RateLimited,
     RetryPolicy,
+    RunTranscript,
     ServerError,
     Unauthorized,
     ValidationFailed,
@@ -25,7 +27,7 @@ from clients._follow import EventCursor
 from clients._progress import RunProgress
 from clients._sse import SSEDecoder, TextStream
 from clients.errors import error_from_response, parse_retry_after
-from core.store.models import Run, RunPublic
+from core.store.models import Run, RunEventPublic, RunPublic
 
 BODY = b'{"error": {"message": "m", "type": "t", "param": "p", "code": "c"}}'
 
@@ -220,3 +222,36 @@ def test_progress_bar_only_where_it_can_be_seen() -> None:
     with RunProgress("test 1234", enabled=False, console=Console(file=quiet)) as bar:
         bar.update(run)
     assert quiet.getvalue() == ""
+
+
+def _event(seq: int, type: str, data: dict[str, Any], attempt: int = 1) -> RunEventPublic:
+    return RunEventPublic(
+        seq=seq, run_id="r", attempt=attempt, type=type, ts=datetime.now(UTC), data=data
+    )
+
+
+def test_transcript_starts_over_at_an_attempt_event() -> None:
+    transcript = RunTranscript()
+    stream = [
+        _event(1, "status", {"status": "running"}),
+        _event(2, "token", {"prompt_index": 0, "choice": 0, "text": "Once"}),
+        _event(3, "metric", {"name": "loss", "value": 3.0, "step": 1}),
+        _event(4, "status", {"status": "queued", "reason": "worker_lost"}),
+        _event(5, "attempt", {"attempt": 2, "reason": "worker_lost"}, attempt=2),
+        _event(6, "token", {"prompt_index": 0, "choice": 0, "text": "Once"}, attempt=2),
+        _event(7, "token", {"prompt_index": 0, "choice": 0, "text": " upon"}, attempt=2),
+        _event(8, "metric", {"name": "loss", "value": 2.5, "step": 1}, attempt=2),
+    ]
+    restarted = [transcript.feed(event) for event in stream]
+    assert restarted == [False, False, False, False, True, False, False, False]
+    assert transcript.text() == "Once upon"
+    assert transcript.metrics == {"loss": [(1, 2.5)]}
+    assert transcript.attempt == 2
+    assert transcript.restarts == [{"attempt": 2, "reason": "worker_lost"}]
+
+
+def test_transcript_resumed_past_the_marker_still_drops_the_old_attempt() -> None:
+    transcript = RunTranscript()
+    transcript.feed(_event(2, "token", {"choice": 0, "text": "old"}))
+    transcript.feed(_event(9, "token", {"choice": 0, "text": "new"}, attempt=2))
+    assert (transcript.text(), transcript.attempt) == ("new", 2)

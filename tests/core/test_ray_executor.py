@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,11 +25,19 @@ from core.store.db import Store
 from tests.conftest import make_settings
 from tests.core.test_recovery import ServerProcess
 from tests.support.sample_component import create_app
+from tests.support.sample_runs import (
+    IDLE_S,
+    TERMINAL,
+    finished,
+    follow_ws,
+    status,
+    stored_events,
+    submit,
+    wait_until,
+)
 from tests.support.server import LiveServer, free_port
 
 pytestmark = pytest.mark.ray
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def ray_settings(store_url: str, address: str, **overrides: Any) -> Settings:
@@ -48,47 +58,6 @@ def ray_server(
     with httpx.Client(base_url=server.url, timeout=10) as client:
         wait_until(lambda: client.get("/ready").status_code == 200, "ready", timeout=60)
         yield client
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
-
-
-def submit(client: httpx.Client, body: dict[str, Any]) -> str:
-    response = client.post("/api/sample/run", json=body)
-    assert response.status_code == 202, response.text
-    run_id: str = response.json()["id"]
-    return run_id
-
-
-def status(client: httpx.Client, run_id: str) -> dict[str, Any]:
-    answer: dict[str, Any] = client.get(f"/api/sample/status/{run_id}").json()
-    return answer
-
-
-def finished(client: httpx.Client, run_id: str, timeout: float = 90) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        run = status(client, run_id)
-        return run if run["status"] in TERMINAL else None
-
-    result: dict[str, Any] = wait_until(done, f"run {run_id} to finish", timeout)
-    return result
-
-
-def stored_events(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
-    """Every event of a finished run, through the SSE route (a replay, then the stream ends)."""
-    events = []
-    with client.stream("GET", f"/api/sample/events/{run_id}") as response:
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                events.append(httpx.Response(200, content=line[6:]).json())
-    seqs = [event["seq"] for event in events]
-    assert seqs == list(range(1, len(seqs) + 1)), seqs
-    return events
 
 
 def worker_pid(client: httpx.Client, run_id: str, attempt: int = 1) -> int:
@@ -228,3 +197,44 @@ def test_killing_the_api_leaves_ray_runs_running(
             assert [e["type"] for e in events].count("attempt") == 0
     finally:
         second.stop()
+
+
+def test_two_api_replicas_and_ray_a_follower_on_the_other_replica_gets_every_event(
+    store_url: str, ray_address: str, live_server: Callable[..., LiveServer]
+) -> None:
+    first, second = (
+        live_server(create_app(ray_settings(store_url, ray_address), ping_interval_s=IDLE_S))
+        for _ in range(2)
+    )
+    with httpx.Client(base_url=first.url, timeout=10) as client:
+        wait_until(lambda: client.get("/ready").status_code == 200, "ready")
+        run_id = submit(client, {"kind": "chatty", "events": 30, "size": 10, "delay_s": 0.02})
+        followed = follow_ws(second, run_id)
+        assert finished(client, run_id)["status"] == "succeeded"
+        stored = stored_events(client, run_id)
+    assert followed == stored  # every event, in order, none twice
+    assert [
+        e["data"]["index"] for e in followed if e["type"] == "log" and "index" in e["data"]
+    ] == (list(range(30)))
+
+
+def test_kind_ray_without_ray_installed_exits_2_with_one_line(tmp_path: Path) -> None:
+    # An interpreter where `import ray` fails, as in an installation without the ray extra.
+    launcher = "import sys; sys.modules['ray'] = None; from core.cli import main; main()"
+    env = os.environ | {
+        "HATCHERY_EXECUTOR__KIND": "ray",
+        "HATCHERY_STORE__URL": f"sqlite:///{tmp_path / 'h.db'}",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", launcher, "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "executor.kind is 'ray' but Ray cannot be imported" in lines[0]
+    assert "Traceback" not in done.stderr

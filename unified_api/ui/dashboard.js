@@ -223,12 +223,15 @@
   function onEvent(id, event) {
     if (event.type === "pong" || typeof event.seq !== "number") return;
     state.lastSeq.set(id, event.seq);
-    const events = state.events.get(id) || [];
+    // A retry starts over: what the previous attempt streamed (tokens, metrics) no longer counts.
+    const events = event.type === "attempt" ? [] : state.events.get(id) || [];
     events.push(event);
     if (events.length > MAX_EVENTS) events.splice(0, events.length - MAX_EVENTS);
     state.events.set(id, events);
     if (event.type === "status") updateRun(id, { status: event.data.status });
-    else if (event.type === "progress") {
+    else if (event.type === "attempt") {
+      updateRun(id, { attempts: event.data.attempt, progress: 0, message: "" });
+    } else if (event.type === "progress") {
       updateRun(id, { progress: event.data.progress, message: event.data.message });
     } else if (id === state.selected) renderDetail();
   }
