@@ -353,17 +353,7 @@ def requeue(
     """
     cancel = session.scalar(select(col(Run.cancel_requested)).where(col(Run.id) == run_id))
     if cancel:
-        error = {"code": "cancelled", "message": "run was cancelled"}
-        return set_status(
-            session,
-            run_id=run_id,
-            status=RunStatus.cancelled,
-            only_from=[RunStatus.running],
-            lease=lease,
-            error=error,
-            worker_id=None,
-            event_data={"error": error},
-        )
+        return _end_cancelled(session, run_id=run_id, only_from=RunStatus.running, lease=lease)
     fields: dict[str, Any] = {"worker_id": None, "heartbeat_at": None, "message": None}
     if refund:
         fields["attempts_refunded"] = col(Run.attempts_refunded) + 1
@@ -390,15 +380,7 @@ def lock_cancel_flag(session: Session, *, run_id: str) -> bool:
 
 def request_cancel(session: Session, *, run_id: str) -> tuple[Run, RunEvent | None] | None:
     """Cancel a queued run now (with its status event), or flag a running one for its job."""
-    error = {"code": "cancelled", "message": "run was cancelled"}
-    moved = set_status(
-        session,
-        run_id=run_id,
-        status=RunStatus.cancelled,
-        only_from=[RunStatus.queued],
-        error=error,
-        event_data={"error": error},
-    )
+    moved = _end_cancelled(session, run_id=run_id, only_from=RunStatus.queued)
     if moved is not None:
         return moved
     session.execute(
@@ -409,6 +391,22 @@ def request_cancel(session: Session, *, run_id: str) -> tuple[Run, RunEvent | No
     )
     run = get_run(session, run_id=run_id)
     return None if run is None else (run, None)
+
+
+def _end_cancelled(
+    session: Session, *, run_id: str, only_from: RunStatus, lease: str | None = None
+) -> tuple[Run, RunEvent] | None:
+    error = {"code": "cancelled", "message": "run was cancelled"}
+    return set_status(
+        session,
+        run_id=run_id,
+        status=RunStatus.cancelled,
+        only_from=[only_from],
+        lease=lease,
+        error=error,
+        worker_id=None,
+        event_data={"error": error},
+    )
 
 
 def save_result(session: Session, *, run_id: str, result: dict[str, Any], lease: str) -> bool:
