@@ -227,15 +227,18 @@ def prompt_logprobs_sync(lm: LanguageModel, ids: list[int], k: int) -> list[Toke
     tokens = torch.tensor([ids], device=lm.device)  # (1, T)
     logits, _ = lm.model.prefill(tokens, chunk_size=PREFILL_CHUNK, all_logits=True)  # (1, T, V)
     logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1).cpu()  # (T-1, V)
-    chosen = logprobs.gather(1, tokens[0, 1:].cpu().view(-1, 1)).view(-1).tolist()  # (T-1,)
+    chosen_t = logprobs.gather(1, tokens[0, 1:].cpu().view(-1, 1))  # (T-1, 1)
+    ranks = ((logprobs > chosen_t).sum(dim=-1) + 1).tolist()  # (T-1,) 1 = most likely
+    chosen = chosen_t.view(-1).tolist()
     if k > 0:
         values, order = torch.sort(logprobs, dim=-1, descending=True, stable=True)
         top_values, top_ids = values[:, :k].tolist(), order[:, :k].tolist()
     else:
         top_values = top_ids = [[] for _ in chosen]
     result: list[TokenLogprob | None] = [None]
-    for token, logprob, alt_ids, alt_values in zip(
-        ids[1:], chosen, top_ids, top_values, strict=True
+    for token, logprob, rank, alt_ids, alt_values in zip(
+        ids[1:], chosen, ranks, top_ids, top_values, strict=True
     ):
-        result.append(TokenLogprob(token, logprob, list(zip(alt_ids, alt_values, strict=True))))
+        top = list(zip(alt_ids, alt_values, strict=True))
+        result.append(TokenLogprob(token, logprob, top, rank=rank))
     return result

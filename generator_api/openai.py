@@ -2,7 +2,8 @@
 
     POST /v1/completions        POST /v1/chat/completions   (JSON, or SSE with "stream": true)
     GET  /v1/models             GET  /v1/models/{model}
-    POST /tokenize              POST /detokenize
+    POST /tokenize              POST /detokenize            GET /tokenizer_info
+    GET  /version               GET|POST /ping              (vLLM's and SageMaker's probes)
 
 Errors use OpenAI's body ``{"error": {message, type, param, code}}``; bad input is a 400 (the
 core error handler answers validation errors on these paths with 400, as OpenAI does).
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from core.api.deps import get_engine, get_settings
 from core.errors import ErrorResponse
@@ -31,6 +32,8 @@ from .openai_protocol import (
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
+    TokenizerInfo,
+    VersionResponse,
 )
 from .openai_serving import OpenAIServing
 
@@ -114,5 +117,23 @@ def build_openai_router() -> APIRouter:
     @router.post("/detokenize", operation_id="detokenize")
     async def detokenize(body: DetokenizeRequest, serving: ServingDep) -> DetokenizeResponse:
         return await serving.detokenize(body)
+
+    @router.get("/tokenizer_info", operation_id="tokenizer_info")
+    async def tokenizer_info(
+        serving: ServingDep, model: Annotated[str | None, Query(max_length=255)] = None
+    ) -> TokenizerInfo:
+        return await serving.tokenizer_info(model)
+
+    @router.get("/version", operation_id="version")
+    async def version(request: Request) -> VersionResponse:
+        return VersionResponse(version=request.app.version)
+
+    async def ping() -> Response:
+        """Liveness as SageMaker and vLLM probe it: 200 and an empty body."""
+        return Response(status_code=200)
+
+    # One route per method: an operation id must be unique.
+    router.add_api_route("/ping", ping, methods=["GET"], operation_id="ping")
+    router.add_api_route("/ping", ping, methods=["POST"], operation_id="ping_post")
 
     return router

@@ -23,6 +23,7 @@ from .openai_protocol import (
     CompletionChoice,
     CompletionChunk,
     DeltaMessage,
+    PromptLogprobs,
     Usage,
 )
 from .openai_render import OffsetTracker, chat_logprobs, choice_index, completion_logprobs, sse
@@ -49,11 +50,18 @@ class Prepared:
     n: int
     generation: Generation | None  # None: echo with max_tokens=0
     include_usage: bool = False
+    continuous_usage: bool = False  # vLLM's continuous_usage_stats: usage on every chunk
+    vllm_prompt_logprobs: list[PromptLogprobs] | None = None  # per prompt
     echo_texts: list[str] | None = None  # completions with echo
     logprobs: int | None = None  # completions: top-k (0 allowed); None: no logprobs
     prompt_logprobs: list[list[TokenLogprob | None]] | None = None  # echo + logprobs
     chat_logprobs: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def vllm_prompt_logprobs_of(self, prompt_index: int) -> PromptLogprobs | None:
+        if self.vllm_prompt_logprobs is None:
+            return None
+        return self.vllm_prompt_logprobs[prompt_index]
 
     def prompt_entries(self, prompt_index: int) -> list[TokenLogprob | None]:
         """Logprob entries of an echoed prompt (all None unless they were computed)."""
@@ -68,8 +76,9 @@ class ChunkWriter:
     def __init__(self, prepared: Prepared) -> None:
         self.prepared = prepared
         self.offsets: dict[int, OffsetTracker] = {}
+        self.generated: dict[int, int] = {}  # tokens streamed so far, per choice number
 
-    def _base(self) -> dict[str, Any]:
+    def _base(self, number: int | None = None) -> dict[str, Any]:
         p = self.prepared
         base: dict[str, Any] = {
             "id": p.id,
@@ -77,19 +86,27 @@ class ChunkWriter:
             "model": p.model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
-        if p.include_usage:
+        if p.continuous_usage and number is not None:
+            # vLLM's continuous_usage_stats: the usage of this chunk's choice so far.
+            prompt = len(p.prompts[number // p.n])
+            completion = self.generated.get(number, 0)
+            base["usage"] = Usage(
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=prompt + completion,
+            )
+        elif p.include_usage:
             base["usage"] = None  # OpenAI sends "usage": null on every chunk but the last
         return base
 
     # Chunks are written with exclude_unset (see `sse`): "object" is set so that it is kept.
     def _completion(self, choice: CompletionChoice) -> str:
-        return sse(CompletionChunk(**self._base(), object="text_completion", choices=[choice]))
+        base = self._base(choice.index)
+        return sse(CompletionChunk(**base, object="text_completion", choices=[choice]))
 
     def _chat(self, choice: ChatChunkChoice) -> str:
-        chunk = ChatCompletionChunk(
-            **self._base(), object="chat.completion.chunk", choices=[choice]
-        )
-        return sse(chunk)
+        base = self._base(choice.index)
+        return sse(ChatCompletionChunk(**base, object="chat.completion.chunk", choices=[choice]))
 
     def opening(self) -> list[str]:
         """Chat: the role chunk of every choice. Completions with echo: the prompt text."""
@@ -124,6 +141,7 @@ class ChunkWriter:
     def event(self, prompt_index: int, event: StreamEvent) -> list[str]:
         p = self.prepared
         number = choice_index(prompt_index, event.choice, p.n)
+        self.generated[number] = self.generated.get(number, 0) + len(event.token_ids)
         if p.kind == "chat":
             return self._chat_event(number, event)
         logprobs = None

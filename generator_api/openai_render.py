@@ -21,6 +21,8 @@ from .openai_protocol import (
     ChatLogprobs,
     ChatTokenLogprob,
     CompletionLogprobs,
+    PromptLogprob,
+    PromptLogprobs,
     TopLogprob,
     Usage,
 )
@@ -95,6 +97,28 @@ def chat_logprobs(entries: Iterable[TokenLogprob]) -> ChatLogprobs:
             for entry in entries
         ]
     )
+
+
+def vllm_prompt_logprobs(entries: Sequence[TokenLogprob | None]) -> PromptLogprobs:
+    """vLLM's prompt_logprobs: per prompt token, its own logprob and rank plus the top k
+    alternatives (ranked 1..k), keyed by token id; None for the first token."""
+    result: PromptLogprobs = []
+    for entry in entries:
+        if entry is None:
+            result.append(None)
+            continue
+        ranked = {
+            str(token): PromptLogprob(logprob=lp, rank=rank, decoded_token=token_text(token))
+            for rank, (token, lp) in enumerate(entry.top, start=1)
+        }
+        ranked.setdefault(
+            str(entry.token),
+            PromptLogprob(
+                logprob=entry.logprob, rank=entry.rank or 0, decoded_token=token_text(entry.token)
+            ),
+        )
+        result.append(ranked)
+    return result
 
 
 def usage_of(prompt_lengths: Sequence[int], outputs: Iterable[CompletionOutput]) -> Usage:

@@ -50,9 +50,12 @@ from .openai_protocol import (
     DetokenizeResponse,
     ModelCard,
     ModelList,
+    PromptLogprobs,
     TokenizeRequest,
     TokenizeResponse,
+    TokenizerInfo,
     Usage,
+    invalid_value,
 )
 from .openai_render import (
     DONE,
@@ -61,7 +64,9 @@ from .openai_render import (
     choice_index,
     completion_logprobs,
     sse,
+    token_text,
     usage_of,
+    vllm_prompt_logprobs,
 )
 from .templates import chat_template_of, render_chat
 
@@ -93,24 +98,40 @@ class OpenAIServing:
         return await asyncio.to_thread(self._card, info)
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
-        info = await self._model_info(request.model)
+        info = await self._model_info(request.model or self.settings.model.default)
         if (request.prompt is None) == (request.messages is None):
             raise InvalidRequest("give exactly one of prompt or messages", param="prompt")
         if request.messages is not None:
-            text = self._render_chat(info.metadata, request.messages, request.add_generation_prompt)
+            text = self._render_chat(
+                info.metadata,
+                request.messages,
+                request.add_generation_prompt,
+                continue_final_message=request.continue_final_message,
+            )
         else:
             text = request.prompt or ""
         tokens = list(text.encode("utf-8"))
-        return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=self.max_model_len)
+        return TokenizeResponse(
+            tokens=tokens,
+            count=len(tokens),
+            max_model_len=self.max_model_len,
+            token_strs=[token_text(t) for t in tokens] if request.return_token_strs else None,
+        )
 
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
-        await self._model_info(request.model)
-        return DetokenizeResponse(prompt=bytes(request.tokens).decode("utf-8", errors="replace"))
+        await self._model_info(request.model or self.settings.model.default)
+        return DetokenizeResponse(prompt=_decode(request.tokens))
+
+    async def tokenizer_info(self, model: str | None) -> TokenizerInfo:
+        info = await self._model_info(model or self.settings.model.default)
+        return TokenizerInfo(
+            model_max_length=self.max_model_len, chat_template=chat_template_of(info.metadata)
+        )
 
     # Preparing requests -----------------------------------------------------------------------
 
     async def prepare_completion(self, request: CompletionRequest) -> Prepared:
-        prompts = [self._prompt_ids(p, "prompt") for p in request.prompts()]
+        prompts = [self._prompt_ids(p, "prompt", request) for p in request.prompts()]
         scheduler = await open_scheduler(self.engine, request.model)
         params = request.to_sampling_params(self.settings, _defaults(scheduler))
         prepared = Prepared(
@@ -121,8 +142,13 @@ class OpenAIServing:
             n=request.n,
             generation=None,
             include_usage=request.include_usage,
+            continuous_usage=request.continuous_usage,
             logprobs=request.logprobs,
         )
+        if request.prompt_logprobs is not None:
+            prepared.vllm_prompt_logprobs = await self._vllm_prompt_logprobs(
+                scheduler, prompts, request.prompt_logprobs
+            )
         if request.echo:
             prepared.echo_texts = [_decode(ids) for ids in prompts]
             if request.logprobs is not None:
@@ -139,7 +165,7 @@ class OpenAIServing:
         text = self._render_chat(
             scheduler.lm.metadata, request.messages, request.add_generation_prompt
         )
-        prompt = self._prompt_ids(text, "messages")
+        prompt = self._prompt_ids(text, "messages", request)
         prepared = Prepared(
             kind="chat",
             id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -148,8 +174,13 @@ class OpenAIServing:
             n=request.n,
             generation=None,
             include_usage=request.include_usage,
+            continuous_usage=request.continuous_usage,
             chat_logprobs=request.logprobs,
         )
+        if request.prompt_logprobs is not None:
+            prepared.vllm_prompt_logprobs = await self._vllm_prompt_logprobs(
+                scheduler, [prompt], request.prompt_logprobs
+            )
         prepared.generation = self._submit(scheduler, [prompt], params, prepared.id)
         return prepared
 
@@ -171,8 +202,14 @@ class OpenAIServing:
             )
         return Generation.submit(scheduler, prompts, params, request_id=rid)
 
-    def _prompt_ids(self, prompt: str | list[int], param: str) -> list[int]:
+    def _prompt_ids(
+        self,
+        prompt: str | list[int],
+        param: str,
+        request: CompletionRequest | ChatCompletionRequest,
+    ) -> list[int]:
         ids = list(prompt.encode("utf-8")) if isinstance(prompt, str) else list(prompt)
+        ids = request.truncate(ids, self.settings)
         if not ids:
             raise InvalidRequest(
                 "the prompt must not be empty: BDH needs at least one byte of context",
@@ -234,6 +271,7 @@ class OpenAIServing:
                     text=text,
                     logprobs=logprobs,
                     finish_reason=output.finish_reason,
+                    prompt_logprobs=prepared.vllm_prompt_logprobs_of(output.prompt_index),
                 )
             )
         return CompletionResponse(
@@ -264,6 +302,7 @@ class OpenAIServing:
             system_fingerprint=SYSTEM_FINGERPRINT,
             choices=choices,
             usage=usage_of([len(p) for p in prepared.prompts], outputs),
+            prompt_logprobs=prepared.vllm_prompt_logprobs_of(0),
         )
 
     # Streaming --------------------------------------------------------------------------------
@@ -324,15 +363,36 @@ class OpenAIServing:
         )
 
     def _render_chat(
-        self, metadata: dict[str, Any], messages: list[ChatMessage], add_generation_prompt: bool
+        self,
+        metadata: dict[str, Any],
+        messages: list[ChatMessage],
+        add_generation_prompt: bool,
+        *,
+        continue_final_message: bool = False,
     ) -> str:
+        if continue_final_message and add_generation_prompt:
+            raise invalid_value(
+                "continue_final_message",
+                "continue_final_message and add_generation_prompt cannot both be true",
+            )
         dicts = [
             {**message.model_dump(exclude_none=True), "content": message.text(index)}
             for index, message in enumerate(messages)
         ]
-        return render_chat(
+        text = render_chat(
             chat_template_of(metadata), dicts, add_generation_prompt=add_generation_prompt
         )
+        final = dicts[-1]["content"] if dicts else ""
+        if continue_final_message and final and (end := text.rfind(final)) != -1:
+            # As vLLM: the prompt ends inside the final message, so the model continues it.
+            text = text[: end + len(final)]
+        return text
+
+    async def _vllm_prompt_logprobs(
+        self, scheduler: Scheduler, prompts: list[list[int]], k: int
+    ) -> list[PromptLogprobs]:
+        entries = await self._prompt_logprobs(scheduler, prompts, k)
+        return [vllm_prompt_logprobs(prompt_entries) for prompt_entries in entries]
 
     async def _prompt_logprobs(
         self, scheduler: Scheduler, prompts: list[list[int]], k: int

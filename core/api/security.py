@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.config import AuthSettings
 from core.errors import Unauthorized
 
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/ping"})  # liveness probes carry no key
 WS_CLOSE_UNAUTHORIZED = 4401
 
 

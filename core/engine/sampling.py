@@ -6,8 +6,11 @@ runs alone or in a batch of any size. The work itself is batched (`sample_rows`)
 
 Order of processing for one step, as in vLLM::
 
-    raw logits (V,) ─ penalties ─ logit_bias ─ greedy? argmax
-                                             └ / temperature ─ top_k ─ top_p ─ min_p ─ inverse CDF
+    raw logits (V,) ─ penalties ─ logit_bias ─ mask ─ greedy? argmax
+                                                    └ / temperature ─ top_k ─ top_p ─ min_p ─ CDF
+
+The mask (vLLM's logits processors) keeps only `allowed_token_ids` and bans the tokens the
+sequence may not choose now: stop tokens before `min_tokens`, the last byte of a bad word.
 
 The draw is one uniform number from the sequence's generator, mapped through the cumulative
 distribution: one random number per token, in a row's own stream.
@@ -24,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Final
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Below this, dividing by the temperature can overflow float32; vLLM uses the same cut-off.
 GREEDY_TEMPERATURE: Final = 1e-5
@@ -58,6 +61,22 @@ class SamplingParams(BaseModel):
         default_factory=dict,
         description="Token id -> bias in [-100, 100], added to the logits before sampling.",
     )
+    # vLLM's extensions. Banned tokens are masked after penalties and bias, before the choice.
+    min_tokens: int = Field(
+        default=0, ge=0, description="No stop string or stop token ends a sequence before this."
+    )
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="Tokens that end the sequence (finish_reason stop)."
+    )
+    include_stop_str_in_output: bool = False
+    allowed_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, min_length=1, description="Only these tokens may be sampled."
+    )
+    bad_words: list[Annotated[bytes, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="Token sequences never generated: the last token of one is banned "
+        "whenever the output ends with the rest of it.",
+    )
 
     @field_validator("logit_bias")
     @classmethod
@@ -77,6 +96,14 @@ class SamplingParams(BaseModel):
     def _single_stop_string(cls, value: Any) -> Any:
         # The OpenAI API accepts `stop` as one string or a list of them.
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> SamplingParams:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"
+            )
+        return self
 
     @property
     def greedy(self) -> bool:
@@ -149,6 +176,26 @@ def apply_logit_bias_(logits: torch.Tensor, bias: dict[int, float]) -> torch.Ten
     return logits.index_add_(0, index, values)
 
 
+def _mask_(logits: torch.Tensor, allowed: Sequence[int] | None, banned: Sequence[int]) -> None:
+    """Set the logits (V,) of tokens that may not be chosen to -inf, in place.
+
+    Ids beyond the vocabulary are ignored. If nothing would be left (every allowed token
+    banned) the bans give way, so the row still has a token to choose.
+    """
+    vocab = logits.size(-1)
+    keep = torch.ones(vocab, dtype=torch.bool)
+    if allowed is not None:
+        keep[:] = False
+        keep[[t for t in allowed if t < vocab]] = True
+    if banned:
+        without = keep.clone()
+        without[[t for t in banned if t < vocab]] = False
+        if bool(without.any()):
+            keep = without
+    if bool(keep.any()):
+        logits.masked_fill_(~keep.to(logits.device), -torch.inf)
+
+
 def _has_filters(params: SamplingParams) -> bool:
     return params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0.0
 
@@ -199,8 +246,12 @@ def sample_rows(
     *,
     prompt_counts: Sequence[torch.Tensor | None] | None = None,
     output_counts: Sequence[torch.Tensor | None] | None = None,
+    banned: Sequence[Sequence[int]] | None = None,
 ) -> list[tuple[int, float]]:
     """Choose the next token of each row of raw logits (B, V), each with its own params.
+
+    `banned` lists, per row, tokens that must not be chosen now (stop tokens before
+    min_tokens, the ends of bad words); with `allowed_token_ids` they are masked last.
 
     Returns ``(token, logprob)`` per row, the logprob from the raw logits (see the module
     docstring). Greedy picks the argmax, the lowest index on ties. Otherwise exactly one
@@ -225,6 +276,11 @@ def sample_rows(
                 processed[i] = apply_penalties(raw[i], p, prompt, output)
             if p.logit_bias:
                 apply_logit_bias_(processed[i], p.logit_bias)
+        row_banned = banned[i] if banned else ()
+        if row_banned or p.allowed_token_ids is not None:
+            if processed is raw:
+                processed = raw.clone()
+            _mask_(processed[i], p.allowed_token_ids, row_banned)
     tokens = torch.empty(batch, dtype=torch.long)
     greedy = [i for i, p in enumerate(params) if p.greedy]
     if greedy:
@@ -284,8 +340,9 @@ class StopMatcher:
     after it. If generation ends for another reason, `flush` releases the held text.
     """
 
-    def __init__(self, stop: Iterable[str]) -> None:
+    def __init__(self, stop: Iterable[str], *, include: bool = False) -> None:
         self._stops = tuple(s for s in stop if s)  # an empty stop string would match anywhere
+        self._include = include  # vLLM's include_stop_str_in_output: keep the stop string
         self._held = ""
         self.matched: str | None = None
 
@@ -293,14 +350,22 @@ class StopMatcher:
     def stopped(self) -> bool:
         return self.matched is not None
 
-    def push(self, text: str) -> tuple[str, bool]:
-        """Add decoded text; return (text safe to emit now, whether a stop string completed)."""
+    def push(self, text: str, *, armed: bool = True) -> tuple[str, bool]:
+        """Add decoded text; return (text safe to emit now, whether a stop string completed).
+
+        Unarmed (before min_tokens) nothing can stop the stream: all text is released.
+        """
         if self.stopped:
             return "", True
         buffer = self._held + text
+        if not armed:
+            self._held = ""
+            return buffer, False
         cut = self._first_match(buffer)
         if cut is not None:
             self._held = ""
+            if self._include and self.matched is not None:
+                cut += len(self.matched)
             return buffer[:cut], True
         held = self._partial_match_length(buffer)
         self._held = buffer[len(buffer) - held :]

@@ -26,6 +26,7 @@ class TokenLogprob:
     token: int
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
+    rank: int | None = None  # 1 = most likely; filled where it was computed (prompt logprobs)
 
 
 @dataclass
@@ -77,7 +78,9 @@ class SequenceDecoder:
         self.finish_reason: str | None = None
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self._utf8 = IncrementalDecoder()
-        self._stop = StopMatcher(list(params.stop or []))
+        self._stop = StopMatcher(list(params.stop or []), include=params.include_stop_str_in_output)
+        self._stop_ids = frozenset(params.stop_token_ids)
+        self._bad_words = [bytes(word) for word in params.bad_words]
 
     @property
     def finished(self) -> bool:
@@ -91,6 +94,15 @@ class SequenceDecoder:
     @property
     def last_token(self) -> int:
         return self.output_ids[-1]
+
+    def banned_tokens(self) -> list[int]:
+        """Tokens this sequence may not choose next (vLLM's min-tokens and bad-words rules)."""
+        banned = list(self._stop_ids) if len(self.output_ids) < self.params.min_tokens else []
+        for word in self._bad_words:
+            *head, last = word
+            if not head or bytes(self.output_ids[-len(head) :]) == bytes(head):
+                banned.append(last)
+        return banned
 
     def accept(self, logits: torch.Tensor) -> str:
         """Sample the next token from `logits` (V,); return the text that may now be shown."""
@@ -106,7 +118,15 @@ class SequenceDecoder:
             top = top_logprobs_of(logits, k) if k else []
             self.logprobs.append(TokenLogprob(token, logprob, top))
 
-        delta, stopped = self._stop.push(self._utf8.push(token))
+        armed = len(self.output_ids) >= self.params.min_tokens
+        if armed and token in self._stop_ids:
+            # As vLLM: the stop token counts as generated, its text is shown only on request.
+            text = self._utf8.push(token) if self.params.include_stop_str_in_output else ""
+            delta, _ = self._stop.push(text + self._utf8.flush(), armed=False)
+            self.finish_reason = FINISH_STOP
+            self.text += delta
+            return delta
+        delta, stopped = self._stop.push(self._utf8.push(token), armed=armed)
         if stopped:
             self.finish_reason = FINISH_STOP
         elif len(self.output_ids) >= self.params.max_tokens:
@@ -152,6 +172,7 @@ def accept_rows(decoders: Sequence[SequenceDecoder], logits: torch.Tensor) -> li
         [d.generator for d in decoders],
         prompt_counts=[d.prompt_counts if d.penalised else None for d in decoders],
         output_counts=[d.output_counts if d.penalised else None for d in decoders],
+        banned=[d.banned_tokens() for d in decoders],
     )
     return [
         decoder._push(token, logprob, logits[row])

@@ -395,3 +395,32 @@ def test_random_chunking_matches_cutting_at_the_first_stop() -> None:
         emitted.append(matcher.flush())
         assert "".join(emitted) == expected
         assert matcher.stopped == bool(hits)
+
+
+def test_allowed_and_banned_tokens_mask_the_choice_but_not_the_logprob() -> None:
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0]])  # token 0 is the greedy choice
+    greedy = SamplingParams(temperature=0.0, allowed_token_ids=[1, 2])
+    (token, logprob), *_ = sample_rows(logits, [greedy], [make_generator(0)], banned=[[1]])
+    assert token == 2
+    assert logprob == pytest.approx(torch.log_softmax(logits[0], -1)[2].item())
+
+
+def test_bans_give_way_when_nothing_would_be_left() -> None:
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
+    params = SamplingParams(temperature=0.0, allowed_token_ids=[3])
+    (token, _), *_ = sample_rows(logits, [params], [make_generator(0)], banned=[[3]])
+    assert token == 3
+
+
+def test_min_tokens_cannot_exceed_max_tokens() -> None:
+    with pytest.raises(ValidationError, match="min_tokens"):
+        SamplingParams(max_tokens=4, min_tokens=5)
+
+
+def test_stop_matcher_can_keep_the_stop_string_and_wait_to_be_armed() -> None:
+    kept = StopMatcher(["END"], include=True)
+    assert kept.push("abEN") == ("ab", False)
+    assert kept.push("Dxyz") == ("END", True)
+    unarmed = StopMatcher(["END"])
+    assert unarmed.push("xEND", armed=False) == ("xEND", False)
+    assert unarmed.push("yEND") == ("y", True)

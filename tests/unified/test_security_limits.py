@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from core.api.metrics import iter_routes
+from core.api.security import PUBLIC_PATHS
 from tests.conftest import make_settings
 from tests.support.sample_component import create_app as create_sample_app
 from tests.support.server import LiveServer
@@ -44,7 +45,7 @@ def ws_close_code(url: str, **headers: str) -> int | None:
         return ws.close_code
 
 
-def test_every_unified_route_but_health_needs_a_key(
+def test_every_unified_route_but_liveness_needs_a_key(
     tmp_path: Path, models_dir: Path, live_server: LiveServerFactory
 ) -> None:
     key = "unified-key"
@@ -66,7 +67,7 @@ def test_every_unified_route_but_health_needs_a_key(
                 continue
             for method in sorted(set(methods) - {"HEAD"}):
                 response = anonymous.request(method, path)
-                expected = 200 if path == "/health" else 401
+                expected = 200 if path in PUBLIC_PATHS else 401  # /health, /ping
                 assert response.status_code == expected, f"{method} {path}: {response.text}"
                 http_checked += 1
         # The dashboard shell is public (it holds no data); everything it calls needs the key.
