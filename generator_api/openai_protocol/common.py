@@ -243,6 +243,15 @@ class ChatMessage(BaseModel):
         return "".join(texts)
 
 
+class ResponseEnvelope(BaseModel):
+    """The keys every response and stream chunk of both endpoints starts with."""
+
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

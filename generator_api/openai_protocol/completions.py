@@ -14,6 +14,7 @@ from .common import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
     MAX_COMPLETION_LOGPROBS,
     PromptLogprobs,
+    ResponseEnvelope,
     Usage,
     _SamplingRequest,
     invalid_value,
@@ -84,21 +85,13 @@ class CompletionChoice(BaseModel):
     prompt_logprobs: PromptLogprobs | None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(ResponseEnvelope):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[CompletionChoice]
     usage: Usage
 
 
-class CompletionChunk(BaseModel):
-    id: str
+class CompletionChunk(ResponseEnvelope):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
