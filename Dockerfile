@@ -14,6 +14,9 @@ FROM ${PYTHON_IMAGE}
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
+# Optional extras of the hatchery package; "ray" makes the image a Ray head/worker too (the
+# compose `ray` profile). Set EXTRAS="" for a smaller image without the Ray executor.
+ARG EXTRAS=ray
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -32,14 +35,14 @@ COPY generator_api ./generator_api
 COPY benchmark_api ./benchmark_api
 COPY unified_api ./unified_api
 COPY clients ./clients
-RUN pip install .
+RUN pip install ".${EXTRAS:+[${EXTRAS}]}"
 
 COPY models ./models
 COPY config.example.yaml ./
 
 RUN useradd --create-home --uid 10001 hatchery \
     && mkdir -p /app/data \
-    && chown hatchery:hatchery /app/data
+    && chown -R hatchery:hatchery /app/data /app/models
 USER hatchery
 VOLUME ["/app/data"]
 

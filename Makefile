@@ -26,6 +26,7 @@ test: setup
 bench: setup
 	$(PY) -m benchmark_api.make_bench --threads 1
 	$(PY) -m generator_api.serving_bench
+	$(PY) -m benchmark_api.scaleout_bench
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -119,3 +119,45 @@ def test_settings_class_reads_env_directly(monkeypatch: pytest.MonkeyPatch) -> N
     settings = Settings()
     assert settings.store.url == "postgresql+psycopg://db/x"
     assert settings.logging.json_format is True
+
+
+@pytest.mark.parametrize(
+    ("store_url", "address", "refused"),
+    [
+        ("sqlite:///data/h.db", None, None),  # Ray started by this process: same machine
+        ("sqlite:///data/h.db", "127.0.0.1:6379", None),  # a cluster on loopback
+        ("sqlite:///data/h.db", "ray://10.0.0.5:10001", "Ray workers on other machines"),
+        ("sqlite:///data/h.db", "auto", "Ray workers on other machines"),
+        ("sqlite://", None, "not in-memory"),
+        ("postgresql+psycopg://u@db/h", "ray://10.0.0.5:10001", None),
+    ],
+)
+def test_ray_needs_a_store_its_workers_can_reach(
+    store_url: str, address: str | None, refused: str | None
+) -> None:
+    pytest.importorskip("ray")
+    overrides = {"executor.kind": "ray", "executor.ray_address": address, "store.url": store_url}
+    if refused is None:
+        assert load_settings(**overrides).executor.kind == "ray"
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    assert refused in caught.value.message and "\n" not in caught.value.message
+
+
+def test_ray_resources_per_component_and_kind() -> None:
+    resources = {
+        "benchmark": {"num_gpus": 1},
+        "generator.model": {"num_cpus": 2, "resources": {"trainer": 1}},
+    }
+    executor = load_settings(**{"executor.ray_resources": resources}).executor
+    assert executor.ray_options("benchmark", "engine") == {"num_gpus": 1.0}
+    assert executor.ray_options("generator", "model") == {
+        "num_cpus": 2.0,
+        "resources": {"trainer": 1.0},
+    }
+    assert executor.ray_options("generator", "text") == {"num_cpus": 1}
+    with pytest.raises(ConfigError, match="component.kind"):
+        load_settings(**{"executor.ray_resources": {"Bad Key": {}}})
+    with pytest.raises(ConfigError, match="gpus"):
+        load_settings(**{"executor.ray_resources": {"test": {"gpus": 1}}})

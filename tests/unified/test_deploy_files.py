@@ -58,7 +58,8 @@ def test_dockerfile_builds_a_non_root_cpu_image_serving_on_8000() -> None:
     assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")  # CPU torch unless told otherwise
     assert by_keyword["FROM"] == ["${PYTHON_IMAGE}"]
     assert any("${TORCH_INDEX_URL}" in run and "torch==" in run for run in by_keyword["RUN"])
-    assert any("pip install ." in run for run in by_keyword["RUN"])
+    assert any(re.search(r'pip install "?\.', run) for run in by_keyword["RUN"])
+    assert args["EXTRAS"] == "ray"  # the image can be a Ray head or worker too
     user = by_keyword["USER"][-1]
     assert user not in ("root", "0")
     assert any("useradd" in run and user in run for run in by_keyword["RUN"])
@@ -114,3 +115,29 @@ def test_compose_has_postgres_and_redis_with_health_checks() -> None:
     assert services["hatchery"].get("profiles") is None  # the unified server always runs
     for name in ("test", "generator", "benchmark"):
         assert services[name]["profiles"] == ["components"]
+
+
+def test_compose_ray_profile_runs_two_replicas_on_a_ray_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("ray")  # settings with executor.kind ray check that Ray imports
+    services = compose()["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["profiles"] == worker["profiles"] == ["ray"]
+    assert head["image"] == worker["image"] == services["hatchery"]["image"]  # one image
+    assert "--head" in head["command"] and "--port=6379" in head["command"]
+    assert "--address=ray-head:6379" in worker["command"]
+    ports = set()
+    for name in ("api-ray-a", "api-ray-b"):
+        spec = services[name]
+        assert spec["profiles"] == ["ray"] and spec["command"] == ["hatchery", "serve", "all"]
+        for key, value in spec["environment"].items():
+            monkeypatch.setenv(key, interpolate(str(value)))
+        settings = load_settings()
+        assert settings.executor.kind == "ray" and settings.executor.ray_address == "ray-head:6379"
+        assert settings.store.url.startswith("postgresql+psycopg://")  # workers reach it
+        # Actors load models from the directory the API names: the same volume everywhere.
+        mount = f"hatchery-models:{settings.model.models_dir}"
+        assert mount in spec["volumes"] and mount in head["volumes"] and mount in worker["volumes"]
+        ports.add(spec["ports"][0])
+    assert len(ports) == 2
