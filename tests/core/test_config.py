@@ -157,7 +157,7 @@ def test_ray_resources_per_component_and_kind() -> None:
         "resources": {"trainer": 1.0},
     }
     assert executor.ray_options("generator", "text") == {"num_cpus": 1}
-    with pytest.raises(ConfigError, match="component.kind"):
+    with pytest.raises(ConfigError, match=r"component\.kind"):
         load_settings(**{"executor.ray_resources": {"Bad Key": {}}})
     with pytest.raises(ConfigError, match="gpus"):
         load_settings(**{"executor.ray_resources": {"test": {"gpus": 1}}})

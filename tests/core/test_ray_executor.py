@@ -238,3 +238,28 @@ def test_kind_ray_without_ray_installed_exits_2_with_one_line(tmp_path: Path) ->
     assert len(lines) == 1, lines
     assert "executor.kind is 'ray' but Ray cannot be imported" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.postgres  # replicas claiming at once queue on an advisory lock there
+def test_concurrency_limits_hold_across_replicas(
+    pg_url: str, ray_address: str, live_server: Callable[..., LiveServer]
+) -> None:
+    settings = ray_settings(pg_url, ray_address, **{"executor.concurrency": {"sample": 1}})
+    first, second = (live_server(create_app(settings)) for _ in range(2))
+    with (
+        httpx.Client(base_url=first.url, timeout=10) as one,
+        httpx.Client(base_url=second.url, timeout=10) as two,
+    ):
+        wait_until(lambda: one.get("/ready").status_code == 200, "ready")
+        wait_until(lambda: two.get("/ready").status_code == 200, "ready")
+        ids = [
+            submit(client, {"kind": "sleep", "steps": 5, "step_s": 0.05}) for client in (one, two)
+        ]
+        ids += [submit(one, {"kind": "sleep", "steps": 5, "step_s": 0.05})]
+        peak = 0
+        while one.get("/api/sample/runs", params={"status": "succeeded"}).json()["count"] < 3:
+            running = one.get("/api/sample/runs", params={"status": "running"}).json()["count"]
+            peak = max(peak, running)
+            time.sleep(0.02)
+        assert peak == 1  # one at a time, although two replicas claim
+        assert all(finished(one, run_id)["attempts"] == 1 for run_id in ids)
