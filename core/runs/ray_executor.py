@@ -84,7 +84,8 @@ class RayExecutor(Executor):
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._problem: str | None = "not connected to Ray yet"
+        self._problem: str | None = "not connected to Ray yet"  # until connected
+        self._failing: str | None = None  # the last round of claiming and watching failed
         self._owns_ray = False
         self._keeper = LeaseKeeper(
             service=service,
@@ -125,7 +126,8 @@ class RayExecutor(Executor):
         logger.info("ray executor %s stopped", self.executor_id)
 
     def unavailable_reason(self) -> str | None:
-        return None if self._problem is None else f"executor: {self._problem}"
+        problem = self._problem or self._failing
+        return None if problem is None else f"executor: {problem}"
 
     @property
     def active_count(self) -> int:
@@ -142,9 +144,12 @@ class RayExecutor(Executor):
             try:
                 self._claim_available()
                 self._watch(self.poll_s)
-            except Exception:
+            except Exception as exc:
                 logger.exception("ray executor loop failed; retrying")
+                self._failing = f"Ray at {self.address or 'a local instance'} failed: {exc}"
                 self._stopping.wait(self.poll_s)
+            else:
+                self._failing = None
 
     def _connect(self) -> bool:
         try:
@@ -155,7 +160,8 @@ class RayExecutor(Executor):
                     return False
                 self._owns_ray = self.address is None
                 ray.init(
-                    address=self.address,
+                    # "local": always a new instance, never a cluster that happens to run here
+                    address=self.address or "local",
                     namespace=RAY_NAMESPACE,
                     configure_logging=False,
                     log_to_driver=False,

@@ -252,6 +252,7 @@ def claim_next_queued(
         heartbeat_at=now,
         progress=0.0,
         message=None,
+        result=None,  # a result (also a partial one) comes from the final attempt only
     )
 
 

@@ -263,3 +263,21 @@ def test_concurrency_limits_hold_across_replicas(
             time.sleep(0.02)
         assert peak == 1  # one at a time, although two replicas claim
         assert all(finished(one, run_id)["attempts"] == 1 for run_id in ids)
+
+
+def test_ray_address_null_starts_ray_in_the_api_process(sqlite_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    env = ray_env("", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    del env["HATCHERY_EXECUTOR__RAY_ADDRESS"]  # null: a local Ray instance of its own
+    server = ServerProcess(sqlite_url, tmp_path / "server.log", env)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            wait_until(lambda: client.get("/ready").status_code == 200, "ready", timeout=120)
+            run_id = submit(client, {"kind": "sleep", "steps": 3, "step_s": 0.05})
+            assert finished(client, run_id)["status"] == "succeeded"
+            pids = {
+                e["data"].get("pid") for e in stored_events(client, run_id) if e["type"] == "log"
+            }
+            assert server.process.pid not in pids and None not in pids  # a Ray worker ran it
+    finally:
+        server.stop()  # stops its Ray instance too
