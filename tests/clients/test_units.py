@@ -25,6 +25,7 @@ from clients import (
 )
 from clients._follow import EventCursor
 from clients._progress import RunProgress
+from clients._render import event_line
 from clients._sse import SSEDecoder, TextStream
 from clients.errors import error_from_response, parse_retry_after
 from core.store.models import Run, RunEventPublic, RunPublic
@@ -255,3 +256,15 @@ def test_transcript_resumed_past_the_marker_still_drops_the_old_attempt() -> Non
     transcript.feed(_event(2, "token", {"choice": 0, "text": "old"}))
     transcript.feed(_event(9, "token", {"choice": 0, "text": "new"}, attempt=2))
     assert (transcript.text(), transcript.attempt) == ("new", 2)
+
+
+def test_the_progress_bar_and_the_event_lines_start_over_at_an_attempt_event() -> None:
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=120)
+    with RunProgress("generator 1234", enabled=True, console=terminal) as bar:
+        bar.event(_event(3, "progress", {"progress": 0.75, "message": "step 3/4"}))
+        bar.event(_event(5, "attempt", {"attempt": 2, "reason": "worker_lost"}, attempt=2))
+    final = screen.getvalue().rsplit("\r", 1)[-1]  # the bar as last drawn
+    assert "0%" in final and "attempt 2" in final and "75%" not in final
+    line = event_line(_event(5, "attempt", {"attempt": 2, "reason": "worker_lost"}, attempt=2))
+    assert line is not None and "attempt 2" in line and "worker_lost" in line
