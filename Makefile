@@ -5,8 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+TOOLS_VENV  ?= .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: setup run test bench lint format clean
+.PHONY: setup tools run test bench lint format clean
 
 setup: $(STAMP)
 
@@ -17,11 +19,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# guidellm and lm-eval (the `tools` extra) in their own venv, which sees the project's
+# packages (torch among them) through a .pth file, so torch is never installed twice.
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): pyproject.toml $(STAMP)
+	test -x $(TOOLS_VENV)/bin/python || $(PY) -m venv $(TOOLS_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  "$$($(TOOLS_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz_project.pth"
+	$(TOOLS_VENV)/bin/python -m pip install -q "$(TORCH)" $$($(PY) -c "import tomllib; \
+	  print(' '.join(p for p in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['tools']))")
+	touch $(TOOLS_STAMP)
+
 run: setup
+	$(VENV)/bin/hatchery db upgrade
 	$(VENV)/bin/hatchery serve
 
-test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: setup tools
+	HATCHERY_TOOLS_BIN=$(abspath $(TOOLS_VENV))/bin $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmark_api.make_bench --threads 1
@@ -38,4 +53,4 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(test_app, name="test")
 app.add_typer(bench_app, name="bench")
 app.add_typer(runs_app, name="runs")
+db_app = typer.Typer(help="The run store's schema (Alembic migrations).")
+app.add_typer(db_app, name="db")
 console = Console()
 
 ModelsDir = Annotated[Path, typer.Option(help="Directory of registered models.")]
@@ -28,6 +30,28 @@ DataDir = Annotated[Path, typer.Option(help="Data directory (corpora, caches).")
 
 
 ServeTarget = Literal["all", "test", "generator", "benchmark"]
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML settings file (see config.example.yaml).")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Store URL (store.url).")] = None,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Apply the store's migrations; every server also does this at start-up."""
+    from core.config import load_settings
+    from core.errors import ConfigError
+    from core.store.migrate import upgrade_store
+
+    try:
+        settings = load_settings(config, **{"store.url": url})
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    now = upgrade_store(settings.store.url, revision)
+    console.print(f"store schema at revision {now}", highlight=False)
 
 
 @app.command("serve")

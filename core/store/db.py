@@ -25,10 +25,10 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
-from sqlmodel import SQLModel
 
 from core.store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from core.store.crud import WRITTEN_EVENTS
+from core.store.migrate import upgrade_schema
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +115,17 @@ class Store:
         )
 
     @property
+    def writer(self) -> Engine:
+        """The engine for writes (SQLite: transactions begin IMMEDIATE)."""
+        return self._writer
+
+    @property
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
     def create_schema(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
+        """Bring the schema to the newest migration (creating it in an empty database)."""
+        upgrade_schema(self.writer)
 
     @contextlib.contextmanager
     def read_session(self) -> Iterator[Session]:
