@@ -282,3 +282,32 @@ def test_emit_many_writes_contiguous_events_in_one_go(service: RunService) -> No
     events, ended = service.events_after(run_id=run_id, after=2)
     assert [e.data for e in events] == [{"text": "a"}, {"text": "b"}, {"text": "c"}]
     assert not ended
+
+
+def test_a_cancel_acknowledged_before_the_outcome_wins_over_success(
+    service: RunService,
+) -> None:
+    run_id = create(service)
+    claimed = service.claim(component="sample", lease="worker-1")
+    assert claimed is not None and claimed.id == run_id
+    assert service.cancel(run_id=run_id).cancel_requested  # the job has not noticed yet
+    ended = service.finish(
+        run_id=run_id,
+        lease="worker-1",
+        status=RunStatus.succeeded,
+        result={"kind": "sleep", "done": 5, "attempt": 1},
+    )
+    assert ended is not None and ended.status == "cancelled"
+    assert ended.result == {"kind": "sleep", "done": 5, "attempt": 1}  # the work is kept
+    assert status_events(service, run_id)[-1]["status"] == "cancelled"
+
+
+def test_a_cancelled_run_whose_worker_is_lost_ends_cancelled_not_requeued(
+    store: Store, service: RunService, make_executor: Callable[..., LocalExecutor]
+) -> None:
+    run_id = create(service)
+    orphan(store, run_id)
+    service.cancel(run_id=run_id)
+    make_executor().start()
+    run = wait_status(service, run_id, "cancelled", "succeeded", "failed")
+    assert run.status == "cancelled" and run.attempts == 1
