@@ -35,6 +35,7 @@ COPY generator_api ./generator_api
 COPY benchmark_api ./benchmark_api
 COPY unified_api ./unified_api
 COPY clients ./clients
+COPY hatchery_cli ./hatchery_cli
 RUN pip install ".${EXTRAS:+[${EXTRAS}]}"
 
 COPY models ./models

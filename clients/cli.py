@@ -10,7 +10,7 @@
 Every command takes ``--url`` ($HATCHERY_URL) and ``--api-key`` ($HATCHERY_API_KEY) and
 ``--json`` for machine-readable output. Exit status: 0 done and fine, 1 the run failed (or a
 test case did), 2 the request itself failed. ``test_app``, ``bench_app`` and ``runs_app``
-are mounted into the main CLI; ``app`` holds all three (``python -m clients.cli``).
+are mounted into the ``hatchery`` command (``hatchery_cli``); ``app`` holds all three.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """The Generator component: batch generation and model creation runs, the OpenAI-compatible
 API, interactive WebSocket generation.
 
-`SPEC` declares the component; its ``routers`` already hold every extra route (``/v1/*``,
-``/tokenize``, ``/detokenize``, ``/api/generator/templates``, ``/api/generator/model``,
-``WS /api/generator/stream``), so ``create_base_app(settings, components=[SPEC, ...])`` serves
-all of it. `extra_routers()` builds a fresh set of the same routers for apps that mount them
-some other way (do not mount both).
+`SPEC` declares the component: its ``routers`` hold its own routes under ``/api/generator``
+(``templates``, ``model``, ``WS stream``), its ``root_routers`` the OpenAI-compatible ones
+outside it (``/v1/*``, ``/tokenize``, ``/detokenize``), so
+``create_base_app(settings, components=[SPEC, ...])`` serves all of it.
 
     uvicorn --factory generator_api.app:create_app      # settings from HATCHERY_* / defaults
 """
@@ -14,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from core.api.app import ComponentSpec, create_base_app
 from core.config import Settings, load_settings
@@ -24,18 +23,13 @@ from .routes import COMPONENT, build_generator_router
 from .schemas import RESULT_MODELS, GeneratorRequest
 from .service import create_model_job, generate_text
 
-
-def extra_routers() -> list[APIRouter]:
-    """The OpenAI-compatible router and the generator's own routes."""
-    return [build_openai_router(), build_generator_router()]
-
-
 SPEC = ComponentSpec(
     name=COMPONENT,
     requests=GeneratorRequest,
     result_model=RESULT_MODELS,
     jobs={"text": generate_text, "model": create_model_job},
-    routers=tuple(extra_routers()),
+    routers=(build_generator_router(),),
+    root_routers=(build_openai_router(),),
 )
 
 

@@ -21,7 +21,13 @@ from core.engine.creation import create_model
 from core.engine.sampling import SamplingParams
 from core.engine.scheduler import GenerationError
 from core.engine.sequence import CompletionOutput
-from core.engine.training import TrainingConfig, TrainingStopped, TrainingUpdate, get_template
+from core.engine.training import (
+    TrainingConfig,
+    TrainingStopped,
+    TrainingUpdate,
+    get_template,
+    training_schedule,
+)
 from core.errors import Conflict, InvalidRequest, NotReady, Overloaded, PlatformError
 from core.runs.context import RunContext
 
@@ -268,24 +274,15 @@ def create_model_job(context: RunContext, request: ModelRunRequest) -> ModelRunR
 
 
 def training_config(request: ModelRunRequest) -> TrainingConfig:
-    if request.steps == 0:
-        return TrainingConfig()  # unused: nothing is trained
-    eval_every = request.eval_every or max(1, request.steps // 5)
-    return TrainingConfig(
-        steps=request.steps,
+    return training_schedule(
+        request.steps,
+        learning_rate=request.learning_rate,
+        eval_every=request.eval_every,
+        warmup_steps=request.warmup_steps,
         batch_size=request.batch_size,
         block_size=request.block_size,
-        learning_rate=request.learning_rate,
-        min_learning_rate=request.learning_rate / 10,
-        warmup_steps=(
-            request.warmup_steps
-            if request.warmup_steps is not None
-            else min(50, request.steps // 10)
-        ),
         validation_fraction=request.validation_fraction,
-        eval_every=eval_every,
         eval_batches=request.eval_batches,
-        checkpoint_every=eval_every,
         seed=request.seed,
     )
 

@@ -18,29 +18,23 @@ running jobs ``executor.grace_s`` to stop before they are re-queued.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from core.api.middleware import configure_logging
 from core.config import Settings, load_settings
+from unified_api.app import create_app as create_unified_app
+from unified_api.components import ALL, SERVE_TARGETS, component
 
 logger = logging.getLogger(__name__)
 
-Target = Literal["all", "test", "generator", "benchmark"]
-TARGET_MODULES: dict[str, str] = {
-    "all": "unified_api.app",
-    "test": "test_api.app",
-    "generator": "generator_api.app",
-    "benchmark": "benchmark_api.app",
-}
 # Not HATCHERY_-prefixed, so the settings loader never reads it as a setting.
 SERVE_ENV = "_HATCHERY_SERVE"
 
@@ -49,7 +43,7 @@ SERVE_ENV = "_HATCHERY_SERVE"
 class ServeOptions:
     """Everything a worker needs to build the same app as its siblings."""
 
-    target: str = "all"
+    target: str = ALL
     config_file: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -94,8 +88,8 @@ def resolve_options(
 
     ``--model NAME`` makes NAME the default model and the one model preloaded.
     """
-    if target not in TARGET_MODULES:
-        raise ValueError(f"unknown target {target!r}: choose one of {', '.join(TARGET_MODULES)}")
+    if target not in SERVE_TARGETS:
+        raise ValueError(f"unknown target {target!r}: choose one of {', '.join(SERVE_TARGETS)}")
     overrides: dict[str, Any] = {"server.host": host, "server.port": port, "model.threads": threads}
     if model is not None:
         overrides |= {"model.default": model, "model.preload": [model]}
@@ -109,9 +103,9 @@ def resolve_options(
 
 def build_app(target: str, settings: Settings) -> FastAPI:
     """The app ``target`` names: the unified one or a component's own."""
-    module = importlib.import_module(TARGET_MODULES[target])
-    app: FastAPI = module.create_app(settings)
-    return app
+    if target == ALL:
+        return create_unified_app(settings)
+    return component(target).create_app(settings)
 
 
 def app_from_environment() -> FastAPI:

@@ -67,7 +67,11 @@ class ComponentSpec:
     ``requests``: one request model, or a union discriminated on ``kind``.
     ``result_model``: one result model, or one per kind.
     ``jobs``: kind -> ``job(context, request) -> result``.
-    ``routers``: the component's own extra routes (e.g. ``GET /api/test/suites``).
+    ``routers``: the component's own extra routes, all under ``/api/{name}`` (e.g.
+    ``GET /api/test/suites``).
+    ``root_routers``: its routes outside ``/api/{name}`` (the Generator's OpenAI-compatible
+    ``/v1/*``, ``/tokenize``, ``/detokenize``), declared apart so a reader of the spec sees
+    every path the component claims at the top of the URL space.
     """
 
     name: str
@@ -75,9 +79,25 @@ class ComponentSpec:
     result_model: type[BaseModel] | Mapping[str, type[BaseModel]]
     jobs: Mapping[str, JobFn]
     routers: Sequence[APIRouter] = ()
+    root_routers: Sequence[APIRouter] = ()
+
+    def __post_init__(self) -> None:
+        prefix = f"/api/{self.name}/"
+        outside = [path for path in _paths(self.routers) if not path.startswith(prefix)]
+        if outside:
+            raise ValueError(f"{self.name}: {outside} are outside {prefix}: use root_routers")
+        inside = [path for path in _paths(self.root_routers) if path.startswith(prefix)]
+        if inside:
+            raise ValueError(f"{self.name}: {inside} are under {prefix}: use routers")
 
     def job_table(self) -> JobTable:
         return JobTable(component=self.name, parse=request_parser(self.requests), jobs=self.jobs)
+
+
+def _paths(routers: Sequence[APIRouter]) -> list[str]:
+    # A router included into one of these has no single path; no component nests routers.
+    paths = (getattr(route, "path", None) for router in routers for route in router.routes)
+    return [path for path in paths if isinstance(path, str)]
 
 
 def no_engine(_settings: Settings) -> None:
@@ -154,7 +174,7 @@ def create_base_app(
     for spec in components:
         # A component's own routes go first: the first matching route serves a request, and
         # e.g. /api/benchmark/results/{id}.csv must win over the convention's /results/{run_id}.
-        for extra in spec.routers:
+        for extra in (*spec.routers, *spec.root_routers):
             app.include_router(extra)
         router = build_run_router(
             spec.name,

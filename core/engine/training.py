@@ -111,6 +111,36 @@ class TrainingConfig:
         return self.min_learning_rate + (self.learning_rate - self.min_learning_rate) * cosine
 
 
+def training_schedule(
+    steps: int,
+    *,
+    learning_rate: float = 1e-3,
+    eval_every: int | None = None,
+    warmup_steps: int | None = None,
+    **fields: Any,
+) -> TrainingConfig:
+    """The config of a training run of ``steps`` steps, its schedule derived from the length.
+
+    The decay ends at a tenth of the peak rate; the warm-up is a tenth of the steps (at most
+    50); evaluation runs ``eval_every`` steps (default: five times per run) and the resumable
+    state is written as often, at least every 100 steps. ``fields`` are any other
+    ``TrainingConfig`` fields. ``steps == 0`` means "create untrained": nothing reads the
+    config then, so it is the defaults (a config of zero steps is invalid).
+    """
+    if steps == 0:
+        return TrainingConfig(**fields)
+    eval_every = eval_every or max(1, steps // 5)
+    return TrainingConfig(
+        steps=steps,
+        learning_rate=learning_rate,
+        min_learning_rate=learning_rate / 10,
+        warmup_steps=min(50, steps // 10) if warmup_steps is None else warmup_steps,
+        eval_every=eval_every,
+        checkpoint_every=max(1, min(100, eval_every)),
+        **fields,
+    )
+
+
 @dataclasses.dataclass
 class TrainingUpdate:
     step: int

@@ -10,7 +10,6 @@ What is specific to each component runs against the real component apps (``test_
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +24,9 @@ from tests.clients.twins import client_factory
 from tests.conftest import engine_settings, make_settings
 from tests.support.sample_component import SAMPLE
 from tests.support.server import LiveServer, serve
+from unified_api.components import COMPONENTS as REGISTRY
 
-COMPONENTS = ("test", "generator", "benchmark")
+COMPONENTS = tuple(REGISTRY)
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -87,19 +87,10 @@ def wait_until(server_url: str, component: str, run_id: str, done: Callable[[dic
 
 # Real components ---------------------------------------------------------------------------
 
-COMPONENT_PACKAGES = {
-    "test": "test_api",
-    "generator": "generator_api",
-    "benchmark": "benchmark_api",
-}
-
 
 def component_available(component: str) -> bool:
     """Whether the component's app module exists in this checkout."""
-    package = COMPONENT_PACKAGES[component]
-    return importlib.util.find_spec(package) is not None and (
-        importlib.util.find_spec(f"{package}.app") is not None
-    )
+    return REGISTRY[component].installed()
 
 
 def requires(*components: str) -> pytest.MarkDecorator:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,8 +13,9 @@ from typer.testing import CliRunner
 
 from clients import NotFound, RunStatus
 from clients.cli import app as cli_app
-from tests.clients.conftest import COMPONENT_PACKAGES, component_available, real_settings
+from tests.clients.conftest import component_available, real_settings
 from tests.support.server import LiveServer, serve
+from unified_api.components import COMPONENTS as REGISTRY
 
 NANO = "bdh-nano"
 # One small run per component, through the client method a user would call.
@@ -41,9 +41,8 @@ def alone(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, models_dir: Path
 ) -> Iterator[tuple[str, LiveServer]]:
     component: str = request.param
-    module = importlib.import_module(f"{COMPONENT_PACKAGES[component]}.app")
     settings = real_settings(tmp_path_factory.mktemp(component), models_dir)
-    with serve(module.create_app(settings)) as server:
+    with serve(REGISTRY[component].create_app(settings)) as server:
         yield component, server
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import uuid
 from collections import defaultdict
@@ -14,8 +13,9 @@ import httpx
 import pytest
 
 from clients import ModelCard, NotFound, RunStatus, ValidationFailed
-from tests.clients.conftest import COMPONENT_PACKAGES, TERMINAL, requires, wait_until
+from tests.clients.conftest import TERMINAL, requires, wait_until
 from tests.support.server import LiveServer
+from unified_api.components import COMPONENTS as REGISTRY
 
 NANO = "bdh-nano"
 TINY_ENGINE_SWEEP: dict[str, Any] = {
@@ -32,7 +32,7 @@ TINY_ENGINE_SWEEP: dict[str, Any] = {
 
 def declared_result(component: str, kind: str) -> Any:
     """The result model the component declares for ``kind`` (its ``SPEC.result_model``)."""
-    declared = importlib.import_module(f"{COMPONENT_PACKAGES[component]}.app").SPEC.result_model
+    declared = REGISTRY[component].spec().result_model
     return declared[kind] if isinstance(declared, dict) else declared
 
 

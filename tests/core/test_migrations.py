@@ -143,7 +143,7 @@ def test_upgrade_schema_can_stop_at_a_revision(tmp_path: Path) -> None:
 def test_hatchery_db_upgrade(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from core.cli import app
+    from hatchery_cli import app
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     legacy_store(url)

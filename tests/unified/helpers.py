@@ -11,7 +11,7 @@ import httpx
 
 from core.config import Settings
 from tests.conftest import engine_settings
-from unified_api.app import COMPONENT_MODULES, import_component
+from unified_api.components import installed
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -25,7 +25,7 @@ def nano_settings(tmp_path: Path, models_dir: Path, **overrides: Any) -> Setting
 
 
 def installed_components() -> list[str]:
-    return [name for name in COMPONENT_MODULES if import_component(name) is not None]
+    return [entry.name for entry in installed()]
 
 
 def wait_ready(client: httpx.Client, timeout: float = 60.0) -> None:

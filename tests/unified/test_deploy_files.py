@@ -12,15 +12,11 @@ import pytest
 import yaml
 
 from core.config import load_settings
-from unified_api.serve import TARGET_MODULES
+from unified_api.components import ALL, COMPONENTS, SERVE_TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
-HATCHERY_SERVICES = {
-    "hatchery": "all",
-    "test": "test",
-    "generator": "generator",
-    "benchmark": "benchmark",
-}
+# compose service -> the `hatchery serve` target it runs: the unified server, then each alone.
+HATCHERY_SERVICES = {"hatchery": ALL} | {name: name for name in COMPONENTS}
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -64,7 +60,9 @@ def test_dockerfile_builds_a_non_root_cpu_image_serving_on_8000() -> None:
     assert user not in ("root", "0")
     assert any("useradd" in run and user in run for run in by_keyword["RUN"])
     copied = {shlex.split(c)[0] for c in by_keyword["COPY"]}
-    assert {"models", "core", "unified_api", "pyproject.toml"} <= copied
+    packages = {"core", "unified_api", "clients", "hatchery_cli"}
+    packages |= {entry.package for entry in COMPONENTS.values()}
+    assert packages | {"models", "pyproject.toml"} <= copied
     assert by_keyword["EXPOSE"] == [str(load_settings().server.port)]
     healthcheck = by_keyword["HEALTHCHECK"][0]
     assert "/health" in healthcheck and "CMD" in healthcheck
@@ -80,7 +78,7 @@ def test_compose_services_agree_with_the_settings(
 ) -> None:
     spec = compose()["services"][service]
     target = HATCHERY_SERVICES[service]
-    assert spec["command"] == ["hatchery", "serve", target] and target in TARGET_MODULES
+    assert spec["command"] == ["hatchery", "serve", target] and target in SERVE_TARGETS
     environment = {key: interpolate(str(value)) for key, value in spec["environment"].items()}
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
@@ -93,6 +91,8 @@ def test_compose_services_agree_with_the_settings(
     )
     host_port, container_port = spec["ports"][0].split(":")
     assert int(container_port) == settings.server.port == int(host_port)
+    if target != ALL:  # each component alone listens on the port the registry gives it
+        assert settings.server.port == COMPONENTS[target].default_port
     assert f"127.0.0.1:{settings.server.port}/health" in " ".join(spec["healthcheck"]["test"])
     assert spec["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert spec["depends_on"]["redis"]["condition"] == "service_healthy"

@@ -54,7 +54,7 @@ def served(tmp_path: Path, models_dir: Path) -> Iterator[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HATCHERY_")}
     env |= {"HATCHERY_SERVER__PORT": str(port), "HATCHERY_LOGGING__JSON": "true"}
     log = (tmp_path / "serve.log").open("w+", encoding="utf-8")
-    command = [sys.executable, "-m", "core.cli", "serve", "all", "--config", str(config)]
+    command = [sys.executable, "-m", "hatchery_cli", "serve", "all", "--config", str(config)]
     command += ["--model", "bdh-nano", "--threads", "1", "--graceful-timeout", str(GRACEFUL_S)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,13 +19,8 @@ from core.config import load_settings
 from tests.support.sample_component import SAMPLE
 from tests.support.server import LiveServer
 from tests.unified.helpers import installed_components, nano_settings, wait_ready
-from unified_api.app import (
-    COMPONENT_MODULES,
-    UI_DIR,
-    component_routers,
-    create_app,
-    import_component,
-)
+from unified_api.app import UI_DIR, create_app
+from unified_api.components import COMPONENTS, component
 
 LiveServerFactory = Callable[[FastAPI], LiveServer]
 SYSTEM_PATHS = ("/health", "/ready", "/info", "/stats", "/metrics")
@@ -54,7 +50,7 @@ def test_unified_server_serves_every_path_on_one_port(
         for name in components:
             assert client.get(f"/api/{name}/runs").json()["count"] == 0
             assert {f"{name}_run", f"{name}_status", f"{name}_results"} <= operations
-        for name in set(COMPONENT_MODULES) - set(components):
+        for name in set(COMPONENTS) - set(components):
             assert client.get(f"/api/{name}/runs").status_code == 404
         if "generator" in components:
             models = client.get("/v1/models").json()
@@ -75,7 +71,7 @@ def test_dashboard_is_served_without_a_build_step_or_cdn(
         script = client.get("/ui/dashboard.js")
         assert script.status_code == 200 and "javascript" in script.headers["content-type"]
         assert client.get("/ui/dashboard.css").headers["content-type"].startswith("text/css")
-        assert client.get("/ui/templates.json").json().keys() == set(COMPONENT_MODULES)
+        assert client.get("/ui/templates.json").json().keys() == set(COMPONENTS)
         for text in (page.text, script.text):
             assert "http://" not in text and "https://" not in text  # nothing from a CDN
         # The page's calls are the API's own routes.
@@ -130,37 +126,47 @@ def test_runs_of_several_components_are_listed_together_and_followed_live(
         assert client.get(f"/api/other/status/{first['id']}").status_code == 404
 
 
-def test_extra_routers_are_not_mounted_twice() -> None:
-    shared = APIRouter()
+def test_a_spec_declares_routes_outside_its_prefix_apart() -> None:
+    outside = APIRouter()
 
-    @shared.get("/v1/models")
+    @outside.get("/v1/models")
     async def models() -> dict[str, str]:
         return {}
 
-    class Module:
-        @staticmethod
-        def openai_routers() -> list[APIRouter]:
-            return [shared]
+    inside = APIRouter(prefix="/api/sample")
 
-    already = dataclasses.replace(SAMPLE, routers=[shared])
-    assert component_routers(Module, already) == []  # type: ignore[arg-type]
-    assert component_routers(Module, SAMPLE) == [shared]  # type: ignore[arg-type]
+    @inside.get("/extra")
+    async def extra() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(ValueError, match=r"/v1/models.*outside /api/sample/: use root_routers"):
+        dataclasses.replace(SAMPLE, routers=[outside])
+    with pytest.raises(ValueError, match=r"/api/sample/extra.*under /api/sample/: use routers"):
+        dataclasses.replace(SAMPLE, root_routers=[inside])
+    declared = dataclasses.replace(SAMPLE, routers=[inside], root_routers=[outside])
+    assert declared.root_routers == [outside]
 
 
-@pytest.mark.parametrize("name", list(COMPONENT_MODULES))
+def test_every_route_of_the_unified_app_is_mounted_once(tmp_path: Path, models_dir: Path) -> None:
+    app = create_app(nano_settings(tmp_path, models_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a route mounted twice is a duplicate operation id
+        paths = app.openapi()["paths"]
+    if "generator" in installed_components():
+        assert {"/v1/models", "/v1/completions", "/tokenize", "/detokenize"} <= set(paths)
+
+
+@pytest.mark.parametrize("name", list(COMPONENTS))
 def test_a_component_alone_serves_its_paths_and_404s_the_others(
     name: str, tmp_path: Path, models_dir: Path, live_server: LiveServerFactory
 ) -> None:
-    module = import_component(name)
-    if module is None:
-        pytest.skip(f"component {name!r} ({COMPONENT_MODULES[name]}) is not written yet")
-    server = live_server(module.create_app(nano_settings(tmp_path, models_dir)))
+    server = live_server(component(name).create_app(nano_settings(tmp_path, models_dir)))
     with httpx.Client(base_url=server.url, timeout=30) as client:
         wait_ready(client)
         for path in (*SYSTEM_PATHS, "/openapi.json", "/docs", f"/api/{name}/runs"):
             assert client.get(path).status_code == 200, path
         assert client.get("/info").json()["components"] == [name]
-        for other in set(COMPONENT_MODULES) - {name}:
+        for other in set(COMPONENTS) - {name}:
             missing = client.get(f"/api/{other}/runs")
             assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
         assert client.get("/ui/").status_code == 404  # the dashboard belongs to the unified app
@@ -168,22 +174,20 @@ def test_a_component_alone_serves_its_paths_and_404s_the_others(
         assert v1.status_code == (200 if name == "generator" else 404)
         operations = operation_ids(client)
         assert f"{name}_run" in operations
-        others = [other for other in COMPONENT_MODULES if other != name]
+        others = [other for other in COMPONENTS if other != name]
         assert not [op for op in operations if op.startswith(tuple(f"{o}_" for o in others))]
 
 
-@pytest.mark.parametrize("name", list(COMPONENT_MODULES))
+@pytest.mark.parametrize("name", list(COMPONENTS))
 def test_the_dashboard_templates_are_valid_requests(name: str) -> None:
-    module = import_component(name)
-    if module is None:
-        pytest.skip(f"component {name!r} ({COMPONENT_MODULES[name]}) is not written yet")
+    spec = component(name).spec()
     templates = json.loads((UI_DIR / "templates.json").read_text(encoding="utf-8"))[name]
-    parse = module.SPEC.job_table().parse
+    parse = spec.job_table().parse
     for kind, template in templates.items():
         body = json.loads(json.dumps(template).replace("{model}", "bdh-nano"))
         request = parse(body)  # what POST /api/{name}/run validates
-        assert request.kind == kind and kind in module.SPEC.jobs
-    assert set(templates) == set(module.SPEC.jobs)  # every kind has a template
+        assert request.kind == kind and kind in spec.jobs
+    assert set(templates) == set(spec.jobs)  # every kind has a template
 
 
 def test_default_settings_serve_the_shipped_model(
