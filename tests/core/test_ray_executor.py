@@ -220,7 +220,7 @@ def test_two_api_replicas_and_ray_a_follower_on_the_other_replica_gets_every_eve
 
 def test_kind_ray_without_ray_installed_exits_2_with_one_line(tmp_path: Path) -> None:
     # An interpreter where `import ray` fails, as in an installation without the ray extra.
-    launcher = "import sys; sys.modules['ray'] = None; from core.cli import main; main()"
+    launcher = "import sys; sys.modules['ray'] = None; from hatchery_cli import main; main()"
     env = os.environ | {
         "HATCHERY_EXECUTOR__KIND": "ray",
         "HATCHERY_STORE__URL": f"sqlite:///{tmp_path / 'h.db'}",
