@@ -82,7 +82,11 @@ class Engine:
                 max_waiting=self.max_waiting,
                 prefill_chunk=self.prefill_chunk,
                 prefill_budget=self.prefill_budget,
-                observer=self.observer,
+                observer=(
+                    self.observer.for_model(model_name)
+                    if isinstance(self.observer, EngineObserver)
+                    else self.observer
+                ),
                 lanes=decode_lanes(lm),
             )
             with self._lock:
@@ -149,7 +153,14 @@ class Engine:
         with self._lock:
             schedulers = dict(self._schedulers)
         models = {name: s.stats().to_dict() for name, s in sorted(schedulers.items())}
-        summed = ("running", "waiting", "prefilling", "total_requests", "tokens_generated")
+        summed = (
+            "running",
+            "running_requests",
+            "waiting",
+            "prefilling",
+            "total_requests",
+            "tokens_generated",
+        )
         totals: dict[str, Any] = {key: sum(m[key] for m in models.values()) for key in summed}
         totals["tokens_per_s"] = sum(m["tokens_per_s"] for m in models.values())
         return {"ready": self.is_ready(), "models": models, "totals": totals}

@@ -92,8 +92,12 @@ class EngineObserver:
 
     Any object with some of these methods works as well. Exceptions are logged and ignored.
     `on_finish` is called for requests that end normally (stop or length), not for aborted or
-    failed ones.
+    failed ones; `on_request_end` for every request, however it ended, with each choice's
+    finish reason. The engine gives each model's scheduler ``observer.for_model(name)``.
     """
+
+    def for_model(self, model: str) -> EngineObserver:
+        return self
 
     def on_first_token(self, ttft_s: float) -> None: ...
 
@@ -103,11 +107,16 @@ class EngineObserver:
 
     def on_finish(self, e2e_s: float, prompt_tokens: int, completion_tokens: int) -> None: ...
 
+    def on_request_end(
+        self, finish_reasons: list[str], prompt_tokens: int, completion_tokens: int
+    ) -> None: ...
+
 
 @dataclasses.dataclass
 class SchedulerStats:
     model: str
     running: int  # sequences (choices) in decode slots
+    running_requests: int  # requests with a sequence in decode slots (vLLM's "running")
     waiting: int  # requests queued for admission
     prefilling: int  # requests whose prompt is being read
     slots: int  # allocated state slots (each lane's pool grows up to max_batch)
@@ -471,6 +480,7 @@ class Scheduler:
             return SchedulerStats(
                 model=self.lm.name,
                 running=counts["running"],
+                running_requests=counts["running_requests"],
                 waiting=len(self._waiting),
                 prefilling=counts["prefilling"],
                 slots=counts["slots"],
@@ -538,6 +548,7 @@ class Scheduler:
         outputs = _end_empty(request, reason)
         with self._lock:
             self._totals["aborted"] += 1
+        self._observe("on_request_end", [reason] * len(outputs), len(request.prompt_ids), 0)
         request.stream._close(outputs)
 
     def _abort_waiting(self) -> None:
@@ -547,7 +558,7 @@ class Scheduler:
         for request in waiting:
             self._end_unadmitted(request, FINISH_ABORT)
 
-    def _observe(self, name: str, *args: float | int) -> None:
+    def _observe(self, name: str, *args: float | int | list[str]) -> None:
         callback = getattr(self.observer, name, None)
         if callback is None:
             return
@@ -568,7 +579,7 @@ class Scheduler:
         return min(max(estimate, 1.0), 60.0)
 
 
-_COUNTS = ("running", "prefilling", "slots")
+_COUNTS = ("running", "running_requests", "prefilling", "slots")
 
 
 def _end_empty(request: _Request, reason: str) -> list[CompletionOutput]:
@@ -666,6 +677,7 @@ class _Lane:
         with self.scheduler._lock:
             self.counts.update(
                 running=len(self.running),
+                running_requests=len({id(s.request) for s in self.running}),
                 prefilling=len(self.prefilling),
                 slots=0 if self.pool is None else self.pool.size(1),
             )
@@ -840,9 +852,11 @@ class _Lane:
             if normal:
                 scheduler._e2e.append(e2e)
         self.closing.append((request, outputs, error))
+        completion = sum(o.completion_tokens for o in outputs)
         if normal:
-            completion = sum(o.completion_tokens for o in outputs)
             scheduler._observe("on_finish", e2e, len(request.prompt_ids), completion)
+        reasons = [o.finish_reason or FINISH_ERROR for o in outputs]
+        scheduler._observe("on_request_end", reasons, len(request.prompt_ids), completion)
 
     def _end_all(self, reason: str, error: BaseException | None = None) -> None:
         """End every admitted request of this lane (running or prefilling) with `reason`."""

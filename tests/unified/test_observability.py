@@ -84,7 +84,8 @@ def test_generation_metrics_after_a_completion(
     with httpx.Client(base_url=server.url, timeout=60) as client:
         wait_ready(client)
         before = samples(client.get("/metrics").text)
-        assert value(before, "hatchery_time_to_first_token_seconds_count") == 0
+        ttft_count = "hatchery_time_to_first_token_seconds_count"
+        assert value(before, ttft_count, model_name="bdh-nano") == 0  # made as the model loads
         completion = client.post(
             "/v1/completions",
             json={"model": "bdh-nano", "prompt": "Hello", "max_tokens": 6, "temperature": 0},
@@ -95,16 +96,20 @@ def test_generation_metrics_after_a_completion(
         stats = client.get("/stats").json()
         info = client.get("/info").json()
 
-    assert value(page, "hatchery_time_to_first_token_seconds_count") == 1
-    assert value(page, "hatchery_e2e_request_latency_seconds_count") == 1
+    nano_label = {"model_name": "bdh-nano"}
+    assert value(page, "hatchery_time_to_first_token_seconds_count", **nano_label) == 1
+    assert value(page, "hatchery_e2e_request_latency_seconds_count", **nano_label) == 1
     # One inter-token gap per token after the first.
-    assert (
-        value(page, "hatchery_inter_token_latency_seconds_count") == usage["completion_tokens"] - 1
-    )
-    assert value(page, "hatchery_prompt_tokens_total") == usage["prompt_tokens"]
-    assert value(page, "hatchery_generation_tokens_total") == usage["completion_tokens"]
-    assert value(page, "hatchery_engine_running", model="bdh-nano") == 0
-    assert value(page, "hatchery_engine_waiting", model="bdh-nano") == 0
+    itl = value(page, "hatchery_inter_token_latency_seconds_count", **nano_label)
+    assert itl == usage["completion_tokens"] - 1
+    assert value(page, "hatchery_prompt_tokens_total", **nano_label) == usage["prompt_tokens"]
+    generated = value(page, "hatchery_generation_tokens_total", **nano_label)
+    assert generated == usage["completion_tokens"]
+    finished = "hatchery_requests_finished_total"
+    assert value(page, finished, finished_reason="length", **nano_label) == 1
+    assert value(page, "hatchery_engine_running", **nano_label) == 0
+    assert value(page, "hatchery_engine_running_sequences", **nano_label) == 0
+    assert value(page, "hatchery_engine_waiting", **nano_label) == 0
     assert value(page, "hatchery_engine_ready") == 1
     completions = value(
         page, "hatchery_http_requests_total", method="POST", route="/v1/completions", status="200"
@@ -114,6 +119,43 @@ def test_generation_metrics_after_a_completion(
     assert nano["total_requests"] == 1 and nano["tokens_generated"] == usage["completion_tokens"]
     assert stats["engine"]["ready"] is True
     assert info["features"]["openai"] is True and info["default_model"] == "bdh-nano"
+
+
+def test_running_counts_requests_and_aborted_tokens_are_counted(
+    tmp_path: Path, models_dir: Path, live_server: LiveServerFactory
+) -> None:
+    if "generator" not in installed_components():
+        pytest.skip("the generator component (its /v1 routes) is not written yet")
+    # Far more tokens than the nano model makes before the client hangs up below.
+    limits = {"generation.max_tokens_limit": 1_000_000}
+    server = live_server(create_app(nano_settings(tmp_path, models_dir, **limits)))
+    nano = {"model_name": "bdh-nano"}
+    body = {"model": "bdh-nano", "prompt": "Hi", "max_tokens": 1_000_000, "n": 2, "stream": True}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        wait_ready(client)
+        with client.stream("POST", "/v1/completions", json=body) as stream:
+            lines = stream.iter_lines()
+            while "text" not in next(lines):  # the choices are being generated
+                pass
+            deadline = time.monotonic() + 20
+            page = samples(client.get("/metrics").text)
+            while value(page, "hatchery_engine_running_sequences", **nano) < 2:  # prefill done
+                assert time.monotonic() < deadline, "the two choices never reached decoding"
+                time.sleep(0.02)
+                page = samples(client.get("/metrics").text)
+            assert value(page, "hatchery_engine_running_sequences", **nano) == 2  # two choices...
+            assert value(page, "hatchery_engine_running", **nano) == 1  # ...of one request
+        # Leaving the stream disconnects the client, which aborts both choices.
+        deadline = time.monotonic() + 20
+        finished = "hatchery_requests_finished_total"
+        while value(page, finished, finished_reason="abort", **nano) < 2:
+            assert time.monotonic() < deadline, "the aborted choices were never counted"
+            time.sleep(0.05)
+            page = samples(client.get("/metrics").text)
+        generated = client.get("/stats").json()["engine"]["models"]["bdh-nano"]["tokens_generated"]
+    assert generated > 0
+    assert value(page, "hatchery_generation_tokens_total", **nano) == generated
+    assert value(page, "hatchery_e2e_request_latency_seconds_count", **nano) == 0  # not normal
 
 
 def test_ready_is_503_until_the_preloaded_model_is_loaded(
