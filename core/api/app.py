@@ -33,6 +33,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
 
+from core.api.docs import build_docs_router, docs_asset_files
 from core.api.errors import install_error_handlers
 from core.api.metrics import AppMetrics, HttpMetricsMiddleware
 from core.api.middleware import (
@@ -158,17 +159,26 @@ def create_base_app(
         event_queue_size=event_queue_size,
         stop_grace_s=settings.executor.grace_s if stop_grace_s is None else stop_grace_s,
     )
-    app = FastAPI(title=title, version=version or package_version(), lifespan=lifespan)
+    # /docs and /redoc come from build_docs_router: FastAPI's own load their assets from a CDN.
+    app = FastAPI(
+        title=title,
+        version=version or package_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.components = tuple(components)
     app.state.metrics = AppMetrics(app.state)
-    app.state.public_files = dict(public_files or {})
+    public_files = {**docs_asset_files(), **(public_files or {})}
+    app.state.public_files = public_files
     app.state.rate_limiter = (
         RateLimiter(settings.rate_limiting) if settings.rate_limiting.enabled else None
     )
     install_error_handlers(app)
-    _add_middleware(app, settings, public_files or {}, public_redirects or {})
+    _add_middleware(app, settings, public_files, public_redirects or {})
     app.include_router(build_system_router())
+    app.include_router(build_docs_router(title))
     for extra in routers:
         app.include_router(extra)
     for spec in components:

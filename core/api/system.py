@@ -210,7 +210,7 @@ def _features(request: Request, engine: Any) -> Features:
         rate_limiting=settings.rate_limiting.enabled,
         cors=bool(settings.cors.allow_origins),
         openai=any(path.startswith("/v1/") for path in paths),
-        dashboard=bool(getattr(request.app.state, "public_files", None)),
+        dashboard="/ui/" in getattr(request.app.state, "public_files", {}),
         engine=engine is not None,
     )
 
