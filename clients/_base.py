@@ -32,10 +32,14 @@ from clients.models import (
     ChatCompletion,
     Completion,
     Health,
+    InteractiveEvent,
     ModelCard,
+    ModelTemplate,
     RunPublic,
     RunResults,
     RunsPublic,
+    SuiteInfo,
+    Tokenized,
 )
 
 logger = logging.getLogger(__name__)
@@ -321,11 +325,7 @@ class BaseClient:
     def _chat_call(
         self, model: str, messages: Messages, params: Mapping[str, Any], *, stream: bool
     ) -> Call[ChatCompletion]:
-        if isinstance(messages, str):
-            listed: list[Any] = [{"role": "user", "content": messages}]
-        else:
-            listed = [dict(message) for message in messages]
-        body = {"model": model, "messages": listed, **params, "stream": stream}
+        body = {"model": model, "messages": _listed(messages), **params, "stream": stream}
         return Call(
             "POST",
             "/v1/chat/completions",
@@ -333,6 +333,70 @@ class BaseClient:
             json=body,
             idempotent=False,
         )
+
+    # Catalogues, tokenizer, interactive generation --------------------------------------------
+
+    def _templates_call(self) -> Call[list[ModelTemplate]]:
+        def parse(data: dict[str, Any]) -> list[ModelTemplate]:
+            return [ModelTemplate.model_validate(entry) for entry in data.get("data", [])]
+
+        return Call("GET", f"/api/{GENERATOR}/templates", parse)
+
+    def _suites_call(self) -> Call[list[SuiteInfo]]:
+        def parse(data: dict[str, Any]) -> list[SuiteInfo]:
+            return [SuiteInfo.model_validate(entry) for entry in data.get("data", [])]
+
+        return Call("GET", f"/api/{TEST}/suites", parse)
+
+    def _tokenize_call(
+        self,
+        prompt: str | None,
+        messages: Messages | None,
+        model: str | None,
+        options: Mapping[str, Any],
+    ) -> Call[Tokenized]:
+        body: dict[str, Any] = {**options}
+        if messages is not None:
+            body["messages"] = _listed(messages)
+        else:
+            body["prompt"] = prompt
+        if model is not None:
+            body["model"] = model
+        return Call("POST", "/tokenize", Tokenized.model_validate, json=body)
+
+    def _detokenize_call(self, tokens: Sequence[int], model: str | None) -> Call[str]:
+        body: dict[str, Any] = {"tokens": list(tokens)}
+        if model is not None:
+            body["model"] = model
+        return Call("POST", "/detokenize", lambda data: str(data["prompt"]), json=body)
+
+    @staticmethod
+    def _interactive_request(
+        model: str, prompt: Any, messages: Messages | None, params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The message ``WS /api/generator/stream`` takes: a completion or chat body."""
+        request: dict[str, Any] = {"id": uuid.uuid4().hex, "model": model, **params}
+        if messages is not None:
+            request.update(type="chat", messages=_listed(messages))
+        else:
+            request["prompt"] = prompt
+        return request
+
+    @staticmethod
+    def _interactive_event(raw: str | bytes) -> InteractiveEvent:
+        """One server message; an ``error`` event raises what /v1 would have raised."""
+        message = json.loads(raw)
+        if message.get("type") == "error":
+            body = json.dumps({"error": message.get("data") or {}}).encode()
+            raise error_from_response(int(message.get("status") or 500), body, {})
+        return InteractiveEvent.model_validate(message)
+
+
+def _listed(messages: Messages) -> list[Any]:
+    """Chat messages as a list of dicts; a plain string is one user message."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    return [dict(message) for message in messages]
 
 
 def _segment(value: str) -> str:

@@ -77,20 +77,43 @@ def run_table(run: RunPublic) -> Table:
     return table
 
 
-def runs_table(page: RunsPublic) -> Table:
+# Most wanted first: a narrow terminal drops columns from the end of this list, never cuts one.
+_RUN_PRIORITY = ("id", "status", "kind", "created", "model", "component", "progress")
+_RUN_ORDER = ("id", "component", "kind", "model", "status", "progress", "created")
+_COLUMN_CHROME = 3  # a column's padding and border; the table adds one more
+
+
+def runs_table(page: RunsPublic, width: int = 200) -> Table:
+    """The runs in as many whole columns as fit in `width`: the full id always (other
+    commands take it), then status, kind, creation time (without seconds and year when
+    narrow), model, component and progress while there is room."""
+    short = width < 110
+    cells = [
+        {
+            "id": run.id,
+            "component": run.component,
+            "kind": run.kind,
+            "model": run.model or "-",
+            "status": run.status.value,
+            "progress": f"{run.progress:.0%}",
+            "created": run.created_at.strftime("%m-%d %H:%M")
+            if short
+            else timestamp(run.created_at),
+        }
+        for run in page.data
+    ]
+    chosen, used = set(), 1
+    for column in _RUN_PRIORITY:
+        needed = max([len(column), *(len(row[column]) for row in cells)]) + _COLUMN_CHROME
+        if used + needed <= width or column == "id":
+            chosen.add(column)
+            used += needed
+    columns = [column for column in _RUN_ORDER if column in chosen]
     table = Table(title=f"{len(page.data)} of {page.count} runs")
-    for column in ("id", "component", "kind", "model", "status", "progress", "created"):
-        table.add_column(column, no_wrap=column in ("id", "created"))
-    for run in page.data:
-        table.add_row(
-            run.id,
-            run.component,
-            run.kind,
-            run.model or "-",
-            styled(run.status.value),
-            f"{run.progress:.0%}",
-            timestamp(run.created_at),
-        )
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in cells:
+        table.add_row(*(styled(row[c]) if c == "status" else escape(row[c]) for c in columns))
     return table
 
 
@@ -211,13 +234,37 @@ def _created_model(console: Console, result: dict[str, Any]) -> None:
 def _table(
     console: Console, title: str, rows: Sequence[dict[str, Any]], columns: dict[str, str]
 ) -> None:
-    table = Table(title=escape(title))
-    for key, header in columns.items():
-        # Figures stay on one line; only free text may fold onto several.
-        table.add_column(header, no_wrap=key not in _FOLDING, overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(number(_dig(row, key))) for key in columns))
-    console.print(table)
+    """Rows as tables that fit the console: when all columns do not fit, the rest continue
+    in further tables, each led by the first column so that rows can be matched up."""
+    cells = [{key: number(_dig(row, key)) for key in columns} for row in rows]
+    for part, keys in enumerate(_column_groups(columns, cells, console.width)):
+        table = Table(title=escape(title) if part == 0 else None)
+        for key in keys:
+            # Figures stay on one line; only free text may fold onto several.
+            table.add_column(columns[key], no_wrap=key not in _FOLDING, overflow="fold")
+        for row in cells:
+            table.add_row(*(escape(row[key]) for key in keys))
+        console.print(table)
+
+
+def _column_groups(
+    columns: dict[str, str], cells: Sequence[dict[str, str]], width: int
+) -> list[list[str]]:
+    def needed(key: str) -> int:
+        natural = max([len(columns[key]), *(len(row[key]) for row in cells)])
+        # Free text folds, so it claims a share of the line rather than its whole length.
+        return (min(natural, max(12, width // 3)) if key in _FOLDING else natural) + 3
+
+    lead, *rest = list(columns)
+    groups: list[list[str]] = [[lead]]
+    used = 1 + needed(lead)
+    for key in rest:
+        if used + needed(key) > width and len(groups[-1]) > 1:
+            groups.append([lead])
+            used = 1 + needed(lead)
+        groups[-1].append(key)
+        used += needed(key)
+    return groups
 
 
 _FOLDING = frozenset({"text", "name", "value"})

@@ -18,6 +18,13 @@ from typing import Any, Literal, TypeVar, overload
 
 import aiohttp
 
+from clients._aio_streams import (
+    TRANSPORT,
+    WS_MAX_MESSAGE,
+    interactive_events,
+    text_pieces,
+    transport_error,
+)
 from clients._base import (
     BENCHMARK,
     GENERATOR,
@@ -30,30 +37,26 @@ from clients._base import (
 )
 from clients._follow import EventCursor
 from clients._progress import RunProgress, on_terminal
-from clients._sse import SSEDecoder, TextStream
-from clients.errors import (
-    RequestTimeout,
-    TransportError,
-    error_from_response,
-    ws_handshake_error,
-)
+from clients.errors import error_from_response, ws_handshake_error
 from clients.models import (
     ChatCompletion,
     Completion,
     Health,
+    InteractiveEvent,
     ModelCard,
+    ModelTemplate,
     RunEventPublic,
     RunPublic,
     RunResults,
     RunsPublic,
     RunStatus,
+    SuiteInfo,
+    Tokenized,
 )
 
 T = TypeVar("T")
 
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-_TRANSPORT = (aiohttp.ClientError, asyncio.TimeoutError)
-_WS_MAX_MESSAGE = 16 * 2**20
 _WS_ENDED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
@@ -309,6 +312,44 @@ class AsyncApiClient(BaseClient):
             return await self._stream_text(call, chat=True)
         return await self._send(call)
 
+    async def tokenize(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Messages | None = None,
+        model: str | None = None,
+        **options: Any,
+    ) -> Tokenized:
+        """``/tokenize`` (vLLM's shape): a prompt, or chat messages through the template."""
+        return await self._send(self._tokenize_call(prompt, messages, model, options))
+
+    async def detokenize(self, tokens: Sequence[int], model: str | None = None) -> str:
+        return await self._send(self._detokenize_call(tokens, model))
+
+    # Catalogues and interactive generation ----------------------------------------------------
+
+    async def templates(self) -> list[ModelTemplate]:
+        """The Generator's model templates (architecture presets)."""
+        return await self._send(self._templates_call())
+
+    async def suites(self) -> list[SuiteInfo]:
+        """The Test component's suites, with their cases and options."""
+        return await self._send(self._suites_call())
+
+    def generate_interactive_ws(
+        self, model: str, prompt: Any = None, *, messages: Messages | None = None, **params: Any
+    ) -> AsyncIterator[InteractiveEvent]:
+        """One request over ``WS /api/generator/stream``: ``token`` events, then ``result``."""
+        return interactive_events(
+            self._session,
+            self.ws_url(f"/api/{GENERATOR}/stream"),
+            self._interactive_request(model, prompt, messages, params),
+            self._interactive_event,
+            headers=self.request_headers(),
+            close_timeout=self.connect_timeout,
+            idle_timeout=self.ws_idle_timeout,
+        )
+
     # I/O ------------------------------------------------------------------------------------
 
     async def _send(self, call: Call[T]) -> T:
@@ -336,11 +377,11 @@ class AsyncApiClient(BaseClient):
                     return response, b""
                 content = await response.read()
                 response.release()
-            except _TRANSPORT as exc:
+            except TRANSPORT as exc:
                 sent = not isinstance(exc, _NOT_SENT)
                 delay = self._transport_retry_delay(call, attempt, exc, sent=sent)
                 if delay is None:
-                    raise _transport_error(call.label, exc) from exc
+                    raise transport_error(call.label, exc) from exc
                 await asyncio.sleep(delay)
                 continue
             status, headers = response.status, response.headers
@@ -354,7 +395,7 @@ class AsyncApiClient(BaseClient):
     async def _stream_text(self, call: Call[Any], *, chat: bool) -> AsyncIterator[str]:
         # Opened now, so that a refused request raises here, before iteration starts.
         response, _ = await self._request(call, stream=True)
-        return _text_pieces(response, call.label, chat=chat)
+        return text_pieces(response, call.label, chat=chat)
 
     async def _monitor(
         self, component: str, run_id: str, poll_interval: float, timeout: float | None, show: bool
@@ -384,7 +425,7 @@ class AsyncApiClient(BaseClient):
                     url,
                     headers=self.request_headers(),
                     timeout=timeout,
-                    max_msg_size=_WS_MAX_MESSAGE,
+                    max_msg_size=WS_MAX_MESSAGE,
                 ) as socket:
                     cursor.connected()
                     while not cursor.finished:
@@ -402,36 +443,7 @@ class AsyncApiClient(BaseClient):
                             break
             except aiohttp.WSServerHandshakeError as exc:
                 raise ws_handshake_error(exc.status, b"", exc.headers or {}, url) from exc
-            except (*_TRANSPORT, OSError) as exc:
+            except (*TRANSPORT, OSError) as exc:
                 cursor.broken(exc)
             if not cursor.finished:
                 await asyncio.sleep(self._reconnect_delay(cursor))
-
-
-async def _text_pieces(
-    response: aiohttp.ClientResponse, label: str, *, chat: bool
-) -> AsyncIterator[str]:
-    decoder, text = SSEDecoder(), TextStream(chat=chat)
-    try:
-        async for raw in response.content:
-            payload = decoder.feed(raw.decode("utf-8").rstrip("\n"))
-            if payload is not None:
-                for piece in text.pieces(payload):
-                    yield piece
-                if text.done:
-                    return
-        tail = decoder.close()
-        for piece in text.pieces(tail) if tail is not None else []:
-            yield piece
-        if not text.done:
-            raise TransportError(f"{label}: the stream ended before [DONE]")
-    except _TRANSPORT as exc:
-        raise _transport_error(label, exc) from exc
-    finally:
-        response.release()
-
-
-def _transport_error(label: str, exc: BaseException) -> TransportError:
-    if isinstance(exc, asyncio.TimeoutError):
-        return RequestTimeout(f"{label}: no answer in time ({exc!r})", code="timeout")
-    return TransportError(f"{label}: {exc!r}", code="connection_error")

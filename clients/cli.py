@@ -280,7 +280,7 @@ def runs_list(
     if as_json:
         _print_json(page.model_dump(mode="json"))
     else:
-        console.print(_render.runs_table(page))
+        console.print(_render.runs_table(page, console.width))
 
 
 if __name__ == "__main__":

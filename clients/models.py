@@ -109,6 +109,49 @@ class ChatCompletion(_Open):
         return (self.choices[0].message.content or "") if self.choices else ""
 
 
+class ModelTemplate(_Open):
+    """One entry of ``GET /api/generator/templates``: an architecture preset."""
+
+    name: str
+    description: str = ""
+    config: dict[str, Any] = {}
+    parameters: int = 0
+    size_mb: float = 0.0
+    state_mb_per_sequence: float = 0.0
+
+
+class SuiteInfo(_Open):
+    """One entry of ``GET /api/test/suites``: a test suite, its cases and options."""
+
+    kind: str
+    description: str = ""
+    cases: list[str] = []
+    options: list[dict[str, Any]] = []
+
+
+class Tokenized(_Open):
+    """``POST /tokenize``: a token is a byte, so ``tokens`` are the UTF-8 bytes."""
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class InteractiveEvent(_Open):
+    """One event of ``WS /api/generator/stream``: ``token`` (``data``: prompt_index, choice,
+    text, finish_reason on a choice's last) or the final ``result`` (``data``: the OpenAI
+    response object)."""
+
+    type: str
+    id: Any = None
+    data: dict[str, Any] = {}
+
+    @property
+    def text(self) -> str:
+        return str(self.data.get("text", "")) if self.type == "token" else ""
+
+
 class ModelCard(_Open):
     """One entry of ``GET /v1/models``."""
 

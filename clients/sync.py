@@ -31,29 +31,32 @@ from clients._base import (
 )
 from clients._follow import EventCursor
 from clients._progress import RunProgress, on_terminal
-from clients._sse import SSEDecoder, TextStream
-from clients.errors import (
-    RequestTimeout,
-    TransportError,
-    error_from_response,
-    ws_handshake_error,
+from clients._sync_streams import (
+    WS_MAX_MESSAGE,
+    interactive_events,
+    text_pieces,
+    transport_error,
 )
+from clients.errors import error_from_response, ws_handshake_error
 from clients.models import (
     ChatCompletion,
     Completion,
     Health,
+    InteractiveEvent,
     ModelCard,
+    ModelTemplate,
     RunEventPublic,
     RunPublic,
     RunResults,
     RunsPublic,
     RunStatus,
+    SuiteInfo,
+    Tokenized,
 )
 
 T = TypeVar("T")
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-_WS_MAX_MESSAGE = 16 * 2**20
 
 
 class ApiClient(BaseClient):
@@ -294,6 +297,43 @@ class ApiClient(BaseClient):
             return self._stream_text(call, chat=True)
         return self._send(call)
 
+    def tokenize(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Messages | None = None,
+        model: str | None = None,
+        **options: Any,
+    ) -> Tokenized:
+        """``/tokenize`` (vLLM's shape): a prompt, or chat messages through the template."""
+        return self._send(self._tokenize_call(prompt, messages, model, options))
+
+    def detokenize(self, tokens: Sequence[int], model: str | None = None) -> str:
+        return self._send(self._detokenize_call(tokens, model))
+
+    # Catalogues and interactive generation ----------------------------------------------------
+
+    def templates(self) -> list[ModelTemplate]:
+        """The Generator's model templates (architecture presets)."""
+        return self._send(self._templates_call())
+
+    def suites(self) -> list[SuiteInfo]:
+        """The Test component's suites, with their cases and options."""
+        return self._send(self._suites_call())
+
+    def generate_interactive_ws(
+        self, model: str, prompt: Any = None, *, messages: Messages | None = None, **params: Any
+    ) -> Iterator[InteractiveEvent]:
+        """One request over ``WS /api/generator/stream``: ``token`` events, then ``result``."""
+        return interactive_events(
+            self.ws_url(f"/api/{GENERATOR}/stream"),
+            self._interactive_request(model, prompt, messages, params),
+            self._interactive_event,
+            headers=self.request_headers(),
+            open_timeout=self.connect_timeout,
+            idle_timeout=self.ws_idle_timeout,
+        )
+
     # I/O ------------------------------------------------------------------------------------
 
     def _send(self, call: Call[T]) -> T:
@@ -315,7 +355,7 @@ class ApiClient(BaseClient):
                 sent = not isinstance(exc, _NOT_SENT)
                 delay = self._transport_retry_delay(call, attempt, exc, sent=sent)
                 if delay is None:
-                    raise _transport_error(call.label, exc) from exc
+                    raise transport_error(call.label, exc) from exc
                 time.sleep(delay)
                 continue
             if response.status_code < 400:
@@ -331,7 +371,7 @@ class ApiClient(BaseClient):
     def _stream_text(self, call: Call[Any], *, chat: bool) -> Iterator[str]:
         # Opened now, so that a refused request raises here, before iteration starts.
         response = self._request(call, stream=True)
-        return _text_pieces(response, call.label, chat=chat)
+        return text_pieces(response, call.label, chat=chat)
 
     def _monitor(
         self, component: str, run_id: str, poll_interval: float, timeout: float | None, show: bool
@@ -359,7 +399,7 @@ class ApiClient(BaseClient):
                     additional_headers=self.request_headers(),
                     open_timeout=self.connect_timeout,
                     close_timeout=self.connect_timeout,
-                    max_size=_WS_MAX_MESSAGE,
+                    max_size=WS_MAX_MESSAGE,
                 ) as socket:
                     cursor.connected()
                     while not cursor.finished:
@@ -377,29 +417,3 @@ class ApiClient(BaseClient):
                 cursor.broken(exc)
             if not cursor.finished:
                 time.sleep(self._reconnect_delay(cursor))
-
-
-def _text_pieces(response: httpx.Response, label: str, *, chat: bool) -> Iterator[str]:
-    decoder, text = SSEDecoder(), TextStream(chat=chat)
-    try:
-        for line in response.iter_lines():
-            payload = decoder.feed(line)
-            if payload is not None:
-                yield from text.pieces(payload)
-                if text.done:
-                    return
-        tail = decoder.close()
-        if tail is not None:
-            yield from text.pieces(tail)
-        if not text.done:
-            raise TransportError(f"{label}: the stream ended before [DONE]")
-    except httpx.TransportError as exc:
-        raise _transport_error(label, exc) from exc
-    finally:
-        response.close()
-
-
-def _transport_error(label: str, exc: httpx.TransportError) -> TransportError:
-    if isinstance(exc, httpx.TimeoutException):
-        return RequestTimeout(f"{label}: no answer in time ({exc!r})", code="timeout")
-    return TransportError(f"{label}: {exc!r}", code="connection_error")

@@ -9,7 +9,9 @@ Any OpenAI-compatible client works the same way: point its base URL at ``<server
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import urllib.request
 
 try:
     import openai
@@ -21,11 +23,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--api-key", default="none", help="Any value when auth is off.")
-    parser.add_argument("--model", default=None, help="Default: the first model listed.")
+    parser.add_argument("--model", default=None, help="Default: the server's default model.")
     parser.add_argument("--prompt", default="ROMEO:")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=1)
     return parser.parse_args(argv)
+
+
+def default_model(base_url: str, api_key: str) -> str:
+    """The server's default model, from Hatchery's ``/info`` (not part of the OpenAI API)."""
+    request = urllib.request.Request(
+        base_url.rstrip("/") + "/info", headers={"Authorization": f"Bearer {api_key}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return str(json.load(answer)["default_model"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     with client:
         models = [model.id for model in client.models.list()]
         print("models:", ", ".join(models))
-        model = args.model or models[0]
+        model = args.model or default_model(args.base_url, args.api_key)
+        print("using:", model)
 
         completion = client.completions.create(
             model=model, prompt=args.prompt, max_tokens=args.max_tokens, seed=args.seed

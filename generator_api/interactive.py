@@ -12,7 +12,8 @@ completion) body; ``stream`` fields are ignored. The server answers each request
 with ``token`` events ``{"type": "token", "id", "data": {prompt_index, choice, text}}`` (the
 last one of each choice also carries ``finish_reason``), then one ``result`` event whose
 ``data`` is the OpenAI response object — or one ``error`` event ``{"type": "error", "id",
-"data": {message, type, param, code}}``. The connection stays open for further requests;
+"status", "data": {message, type, param, code}}`` (``status``: the HTTP status of the same
+error on ``/v1``). The connection stays open for further requests;
 closing it aborts the current generation.
 """
 
@@ -158,7 +159,11 @@ class _Session:
             self.current.abort()
 
     async def _send_error(self, request_id: Any, error: PlatformError) -> None:
-        await self._send({"type": "error", "id": request_id, "data": error.to_body()["error"]})
+        body = error.to_body()["error"]
+        # "status": the HTTP status the same error gets on /v1, so clients map it alike.
+        await self._send(
+            {"type": "error", "id": request_id, "status": error.status_code, "data": body}
+        )
 
     async def _send(self, payload: dict[str, Any]) -> None:
         async with self.send_lock:

@@ -43,6 +43,21 @@ def test_runs_list(standin: LiveServer) -> None:
     assert page["count"] == 1 and page["data"][0]["id"] == run_id
 
 
+def test_runs_list_is_readable_at_80_columns(standin: LiveServer) -> None:
+    model = f"m-{uuid.uuid4().hex[:8]}"
+    run_ids = [finished_run(standin, {"kind": "sleep", "steps": 1, "model": model}) for _ in "ab"]
+    table = cli("runs", "list", "--model", model, "--url", standin.url, COLUMNS="80")
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert "…" not in table.output  # whole cells or no column, never a cut one
+    for run_id in run_ids:  # the full id, which `runs status` takes, on one line
+        (row,) = [line for line in lines if run_id in line]
+        assert "succeeded" in row and "sleep" in row
+    wide = cli("runs", "list", "--model", model, "--url", standin.url)
+    assert "component" in wide.output and "progress" in wide.output and model in wide.output
+
+
 def test_status_results_and_watch(standin: LiveServer) -> None:
     run_id = finished_run(standin, {"kind": "chatty", "events": 3, "size": 4})
     status = cli("test", "status", run_id, "--url", standin.url)

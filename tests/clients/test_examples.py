@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -10,7 +11,9 @@ from pathlib import Path
 
 from clients import ApiClient, RunResults
 from tests.clients.conftest import requires
-from tests.support.server import LiveServer
+from tests.conftest import engine_settings
+from tests.support.server import LiveServer, serve
+from unified_api.app import create_app
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -76,3 +79,17 @@ def test_watch_run(real: LiveServer) -> None:
     assert "started generator run" in done.stdout
     assert "status -> running" in done.stdout and "status -> succeeded" in done.stdout
     assert "ended: succeeded" in done.stdout
+
+
+@requires("generator")
+def test_openai_sdk_uses_the_servers_default_model(tmp_path: Path, models_dir: Path) -> None:
+    # A model listed before the default one, so that "the first listed" would be wrong.
+    own = tmp_path / "models"
+    shutil.copytree(models_dir / "bdh-nano", own / "bdh-nano")
+    shutil.copytree(models_dir / "bdh-nano", own / "aaa-listed-first")
+    settings = engine_settings(f"sqlite:///{tmp_path / 'store.db'}", own)
+    with serve(create_app(settings)) as server:
+        done = run_example("openai_sdk.py", "--base-url", server.url, "--max-tokens", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "models: aaa-listed-first, bdh-nano" in done.stdout
+    assert "using: bdh-nano" in done.stdout

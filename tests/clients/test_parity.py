@@ -48,6 +48,11 @@ def test_same_public_methods() -> None:
         "models",
         "health",
         "list_runs",
+        "templates",
+        "suites",
+        "tokenize",
+        "detokenize",
+        "generate_interactive_ws",
         "close",
     } <= set(sync)
 

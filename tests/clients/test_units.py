@@ -268,3 +268,21 @@ def test_the_progress_bar_and_the_event_lines_start_over_at_an_attempt_event() -
     assert "0%" in final and "attempt 2" in final and "75%" not in final
     line = event_line(_event(5, "attempt", {"attempt": 2, "reason": "worker_lost"}, attempt=2))
     assert line is not None and "attempt 2" in line and "worker_lost" in line
+
+
+def test_wide_result_tables_continue_below_at_80_columns() -> None:
+    from clients._render import _engine_rows
+
+    row = {
+        "mode": "recurrent", "batch_size": 16, "context": 4096, "new_tokens": 256,
+        "dtype": "float32", "status": "ok", "prefill_tokens_per_s": 123456.7, "ttft_ms": 12.5,
+        "tpot_ms": 3.25, "decode_tokens_per_s": 98765.4, "peak_memory_mb": 1234.5,
+        "roofline_fraction": 0.4567,
+    }  # fmt: skip
+    screen = io.StringIO()
+    _engine_rows(Console(file=screen, width=80), {"model": "m", "rows": [row]})
+    text = screen.getvalue()
+    assert all(len(line) <= 80 for line in text.splitlines()) and "…" not in text
+    for header in ("batch", "prefill/s", "TTFT", "decode/s", "roof"):
+        assert header in text
+    assert text.count("recurrent") == 2  # the lead column starts the continuation table
