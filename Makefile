@@ -46,7 +46,8 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy core test_api generator_api benchmark_api unified_api clients
+	$(VENV)/bin/mypy core test_api generator_api benchmark_api unified_api clients hatchery_cli
+	$(VENV)/bin/lint-imports  # the layers of pyproject's [tool.importlinter]
 
 format: setup
 	$(VENV)/bin/ruff format .

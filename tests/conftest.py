@@ -1,8 +1,9 @@
 """Shared fixtures: store URLs (SQLite and real PostgreSQL) and a live uvicorn server.
 
-PostgreSQL tests use ``HATCHERY_TEST_DATABASE_URL`` and skip without it. When CI=true and the
-URL is set, an unreachable server fails the tests instead: CI must not go green by skipping.
-Each PostgreSQL test gets its own schema (via ``search_path``), dropped afterwards.
+PostgreSQL tests use ``HATCHERY_TEST_DATABASE_URL`` and skip without it (or when that server
+is unreachable). With ``HATCHERY_REQUIRE_POSTGRES`` set (``.ci/run`` sets it) they fail
+instead: CI must not go green by skipping. Each PostgreSQL test gets its own schema (via
+``search_path``), dropped afterwards.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from fastapi import FastAPI
@@ -25,6 +26,26 @@ from tests.support.ray_cluster import ray_address  # noqa: F401  (a session fixt
 from tests.support.server import LiveServer
 
 PG_ENV = "HATCHERY_TEST_DATABASE_URL"
+REQUIRE_PG_ENV = "HATCHERY_REQUIRE_POSTGRES"
+
+
+def postgres_required() -> bool:
+    return os.environ.get(REQUIRE_PG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def without_postgres(reason: str) -> NoReturn:
+    """Skip a PostgreSQL test, or fail it where PostgreSQL is mandatory."""
+    if postgres_required():
+        pytest.fail(f"{reason} ({REQUIRE_PG_ENV} is set: PostgreSQL tests must run)")
+    pytest.skip(reason)
+
+
+def postgres_base_url() -> str:
+    """``HATCHERY_TEST_DATABASE_URL``; skips (or fails, see above) when it is unset."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        without_postgres(f"{PG_ENV} is not set: PostgreSQL tests skipped")
+    return base
 
 
 @pytest.fixture
@@ -34,9 +55,7 @@ def sqlite_url(tmp_path: Any) -> str:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set: PostgreSQL tests skipped")
+    base = postgres_base_url()
     schema = f"test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base, poolclass=NullPool)
     try:
@@ -44,10 +63,7 @@ def pg_url() -> Iterator[str]:
             connection.execute(text(f'CREATE SCHEMA "{schema}"'))
     except OperationalError as exc:
         admin.dispose()
-        reason = f"PostgreSQL at {make_url(base).render_as_string()} is unreachable: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        without_postgres(f"PostgreSQL at {make_url(base).render_as_string()} is unreachable: {exc}")
     url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.render_as_string(hide_password=False)

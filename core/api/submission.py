@@ -8,6 +8,17 @@ every server) puts the server's settings and its own root URL in a context varia
 duration of each HTTP request; the request models read it with ``current_submission()`` while
 they validate. Outside a request (the executor re-reading stored params) there is none, so the
 models skip those checks and the job runs them instead, against its worker's settings.
+
+Why a context variable and not an explicit argument (pydantic's validation ``context``):
+FastAPI validates a body parameter itself, before any dependency or handler of ours runs, and
+calls pydantic without a ``context`` (it has no hook to pass one). Handing the settings in
+explicitly would mean taking every run route's body raw (POST run, the Generator's
+``/api/generator/model`` alias) and re-creating by hand what FastAPI derives from the model:
+its OpenAPI request schema and its 422 errors. The variable stays narrow instead: only
+``SubmissionContextMiddleware`` sets it (``submitting`` in tests), for the span of one HTTP
+request, resetting it after; each app's middleware carries that app's own settings, so two apps
+in one process (the tests' servers) never see each other's; and only request-model validators
+read it, through ``current_submission()``.
 """
 
 from __future__ import annotations

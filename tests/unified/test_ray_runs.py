@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from clients import ApiClient, RunTranscript
-from tests.conftest import NANO_MODEL, engine_settings
+from tests.conftest import NANO_MODEL, engine_settings, postgres_base_url
 from tests.support.server import LiveServer, serve
 from unified_api.app import create_app
 
@@ -29,9 +29,7 @@ def client(
     ray_address: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiClient]:
     pytest.importorskip("ray")
-    base = os.environ.get("HATCHERY_TEST_DATABASE_URL")
-    if not base:
-        pytest.skip("HATCHERY_TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
+    base = postgres_base_url()
     models = tmp_path_factory.mktemp("ray-models")  # a copy: the model run adds a model here
     shutil.copytree(models_dir / NANO_MODEL, models / NANO_MODEL)
     schema = f"ray_{uuid.uuid4().hex[:10]}"
