@@ -10,7 +10,6 @@ import typer
 from core.errors import ConfigError
 from hatchery_cli.console import fail
 from unified_api.components import ALL, SERVE_TARGETS
-from unified_api.serve import resolve_options, run
 
 
 def _known_target(target: str) -> str:
@@ -50,6 +49,10 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve the API (uvicorn): settings = defaults < --config < HATCHERY_* env < flags."""
+    # Imported here: the app plumbing imports the engine (torch), which the other commands,
+    # and `hatchery --help`, should not wait for.
+    from unified_api.serve import resolve_options, run
+
     try:
         options, settings = resolve_options(
             target,
