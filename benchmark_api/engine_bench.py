@@ -5,9 +5,7 @@ Each measurement builds a random context of `context` bytes per sequence, times 
 `recompute` re-runs the full forward over the growing sequence for every new token, which is
 what the official `generate` does; `recurrent` advances the fixed-size state.
 
-Beside the timings this module models the memory traffic of a decode step (`TrafficModel`)
-and measures the machine's copy bandwidth (`copy_bandwidth`), so that a decode speed can be
-put against the memory-bandwidth roofline measured in the same run.
+What a step moves and the machine limits it is held against are in `benchmark_api.roofline`.
 """
 
 from __future__ import annotations
@@ -21,11 +19,11 @@ from typing import Any, Literal
 import psutil
 import torch
 
+from benchmark_api.roofline import STATE_BYTES_PER_FLOAT
 from core.engine.model import BDH, BDHConfig
 
 Mode = Literal["recurrent", "recompute"]
 Check = Callable[[], None]
-STATE_BYTES_PER_FLOAT = 4  # the recurrent state is float32 whatever the weights' dtype
 
 
 @dataclass
@@ -208,39 +206,7 @@ def measure_repeats(
     return results
 
 
-# Memory traffic and the roofline ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrafficModel:
-    """Bytes a decode step must move, as a memory-bound kernel would move them.
-
-    Every layer reads all shared weights (encoder, encoder_v, decoder) once for the whole
-    batch; the embedding and lm_head are read once per step. A recurrent sequence also reads
-    and writes its float32 state once per step. Recompute keeps no state (and is compute-bound,
-    so its roofline fraction is small by nature).
-    """
-
-    weight_bytes_per_step: int
-    state_bytes_per_sequence: int
-
-    @classmethod
-    def of(cls, config: BDHConfig, dtype: torch.dtype) -> TrafficModel:
-        nh, D, N, V = config.n_head, config.n_embd, config.neurons_per_head, config.vocab_size
-        element = torch.empty((), dtype=dtype).element_size()
-        per_layer = 3 * nh * D * N  # encoder + encoder_v + decoder
-        weights = (config.n_layer * per_layer + 2 * V * D) * element  # + embed, lm_head
-        return cls(
-            weight_bytes_per_step=weights,
-            state_bytes_per_sequence=config.state_numel() * STATE_BYTES_PER_FLOAT,
-        )
-
-    def bytes_per_step(self, batch_size: int, mode: Mode) -> int:
-        state_traffic = 2 * self.state_bytes_per_sequence if mode == "recurrent" else 0
-        return self.weight_bytes_per_step + batch_size * state_traffic
-
-    def bytes_per_token(self, batch_size: int, mode: Mode) -> float:
-        return self.bytes_per_step(batch_size, mode) / batch_size
+# Memory ------------------------------------------------------------------------------------
 
 
 def memory_needed(
@@ -272,26 +238,3 @@ def free_memory(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     return int(psutil.virtual_memory().available)
-
-
-def copy_bandwidth(
-    device: torch.device, *, size_bytes: int = 256 * 2**20, repeats: int = 5
-) -> float:
-    """The device's memory bandwidth in bytes/s: median over `repeats` tensor copies.
-
-    A copy reads and writes `size_bytes` each, so it moves twice that.
-    """
-    n = max(1, size_bytes // 4)
-    source = torch.ones(n, dtype=torch.float32, device=device)
-    target = torch.empty_like(source)
-    target.copy_(source)  # first touch: page faults and allocator warm-up stay out of the timing
-    timings = []
-    for _ in range(repeats):
-        _sync(device)
-        started = time.perf_counter()
-        target.copy_(source)
-        _sync(device)
-        timings.append(time.perf_counter() - started)
-    moved = 2 * n * source.element_size()
-    del source, target
-    return moved / max(statistics.median(timings), 1e-12)

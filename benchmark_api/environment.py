@@ -13,6 +13,7 @@ import psutil
 import torch
 
 from benchmark_api.results import Environment
+from benchmark_api.roofline import MachineLimits
 from core.engine.model import BDHConfig
 
 
@@ -42,7 +43,8 @@ def describe(
     dtypes: list[str],
     model: str,
     config: BDHConfig | None = None,
-    bandwidth_bytes_s: float | None = None,
+    limits: MachineLimits | None = None,
+    untrained: bool = False,
 ) -> Environment:
     memory = psutil.virtual_memory().total
     if device.type == "cuda":
@@ -59,8 +61,12 @@ def describe(
         physical_cores=psutil.cpu_count(logical=False),
         torch_threads=torch.get_num_threads(),
         memory_total_gb=round(memory / 1e9, 2),
-        bandwidth_gb_s=None if bandwidth_bytes_s is None else bandwidth_bytes_s / 1e9,
+        bandwidth_gb_s=None if limits is None else limits.dram_copy_bytes_s / 1e9,
+        read_bandwidth_gb_s=None if limits is None else limits.dram_read_bytes_s / 1e9,
+        matmul_peak_gflop_s=None if limits is None else limits.matmul_flop_s / 1e9,
+        cache_mb=None if limits is None else limits.cache_bytes / 2**20,
         model=model,
+        untrained=untrained,
         parameters=config.parameter_count() if config else None,
         state_mb_per_sequence=config.state_numel() * 4 / 2**20 if config else None,
     )

@@ -1,24 +1,37 @@
-"""`make bench`: engine speed of the shipped model, printed as tables with ratios.
+"""`make bench`: engine speed of the shipped model and of untrained template models.
 
-Sections: per-token decode latency against context (recurrent vs recompute), decode
-throughput against batch size (the PyTorch path and the fused kernel), and prefill speed.
-Figures are medians of the decode steps of one run; every ratio compares numbers measured
-side by side in this run.
+First the machine's limits, measured now: DRAM copy and read bandwidth, the last-level cache,
+a float32 matmul peak. Then per model: per-token decode latency against context (recurrent vs
+recompute, the trained model only), decode throughput against batch size (the PyTorch path and
+the fused kernel) with each row's bytes from the measured activation density, labelled cache-
+or DRAM-resident and held against that limit, and time to first token of the recurrent prefill
+against one parallel forward. Figures are medians of interleaved rounds; every ratio compares
+numbers measured side by side in this run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import statistics
+import time
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from benchmark_api.engine_bench import measure_decode
-from core.engine import kernels, load_model
+from benchmark_api.roofline import (
+    MachineLimits,
+    activation_profile,
+    decode_traffic,
+    prefill_flops,
+)
+from core.engine import BDH, kernels, load_model
+from core.engine.language_model import LanguageModel
+from core.engine.training import get_template
 
 console = Console()
 
@@ -56,9 +69,12 @@ def decode_vs_context(lm, contexts: list[int], recompute_max: int, new_tokens: i
     )
 
 
-def decode_vs_batch(lm, batches: list[int], context: int, new_tokens: int, rounds: int = 3) -> None:  # type: ignore[no-untyped-def]
-    """Both decode kernels at each batch size, in interleaved rounds; medians reported."""
-    fused = kernels.fused_applies(lm.model.new_state(1), lm.model.lm_head)
+def decode_vs_batch(  # type: ignore[no-untyped-def]
+    lm, batches: list[int], context: int, new_tokens: int, limits: MachineLimits, rounds: int = 3
+) -> None:
+    """Both decode kernels at each batch size, in interleaved rounds; medians reported, each
+    against the roofline of its residency (the measured activation density sets the bytes)."""
+    fused = kernels.fused_applies(lm.model.lm_head, lm.model.lm_head)
     kernel_names = ["torch", "fused"] if fused else ["torch"]
     steps: dict[tuple[str, int], list[float]] = {}
     saved = os.environ.get(kernels.KERNEL_ENV)
@@ -79,58 +95,128 @@ def decode_vs_batch(lm, batches: list[int], context: int, new_tokens: int, round
             os.environ.pop(kernels.KERNEL_ENV, None)
         else:
             os.environ[kernels.KERNEL_ENV] = saved
+    profile = activation_profile(lm.model)
     table = Table(
-        title=f"Decode throughput vs batch size (context {context}, recurrent; medians of "
-        f"{rounds} interleaved rounds; batches of 8+ split over {kernels.threads()} threads)"
+        title=f"Decode throughput vs batch size ({lm.name}, context {context}; medians of "
+        f"{rounds} interleaved rounds; {kernels.threads()} decode threads)"
     )
-    for column in ("kernel", "batch", "ms/step", "tokens/s", "vs batch 1", "vs torch"):
+    columns = ("kernel", "batch", "ms/step", "tokens/s", "vs torch", "resident", "GB/s", "roofline")
+    for column in columns:
         table.add_column(column, justify="right")
     for kernel in kernel_names:
         for batch in batches:
             ms = statistics.median(steps[(kernel, batch)])
-            single = statistics.median(steps[(kernel, batches[0])]) / batches[0]
             torch_ms = statistics.median(steps[("torch", batch)])
+            traffic = decode_traffic(
+                lm.config,
+                profile,
+                batch=batch,
+                weight_element_bytes=lm.model.lm_head.element_size(),
+                cache_bytes=limits.cache_bytes,
+                skips_zeros=kernel == "fused",
+            )
+            achieved = traffic.bytes_per_token * batch * 1000 / ms
             table.add_row(
                 kernel,
                 str(batch),
                 f"{ms:.2f}",
                 f"{batch * 1000 / ms:,.0f}",
-                f"{single * batch / ms:.2f}x",
                 f"{torch_ms / ms:.2f}x",
+                traffic.residency,
+                f"{achieved / 1e9:.1f}",
+                f"{achieved / limits.bandwidth_for(traffic):.0%}",
             )
     console.print(table)
+    console.print(
+        f"activation density: {profile.neuron_density:.0%} of neurons, "
+        f"{profile.pair_density:.0%} of RoPE pairs (state rows touched), "
+        f"{profile.product_density:.0%} of decoder rows (trained models are sparser)"
+    )
 
 
-def prefill_speed(lm, lengths: list[int]) -> None:  # type: ignore[no-untyped-def]
-    table = Table(title="Prefill speed (batch 1, chunks of 256)")
-    for column in ("prompt bytes", "prefill ms", "tokens/s"):
+def prefill_vs_parallel(lm, lengths: list[int], limits: MachineLimits, rounds: int = 3) -> None:  # type: ignore[no-untyped-def]
+    """Time to first token: the recurrent prefill against one parallel forward of the prompt
+    (what a model without a state would run), in interleaved rounds."""
+    table = Table(title=f"Time to first token: recurrent prefill vs parallel forward ({lm.name})")
+    for column in (
+        "prompt bytes",
+        "prefill ms",
+        "parallel ms",
+        "ratio",
+        "prefill GFLOP/s",
+        "of peak",
+    ):
         table.add_column(column, justify="right")
     for length in lengths:
-        m = measure_decode(lm.model, batch_size=1, context=length, new_tokens=1)
-        table.add_row(str(length), f"{m.ttft_ms:.1f}", f"{m.prefill_tokens_per_s:,.0f}")
+        prefill, parallel = [], []
+        idx = torch.randint(0, lm.config.vocab_size, (1, length))
+        for _ in range(rounds):
+            prefill.append(
+                measure_decode(lm.model, batch_size=1, context=length, new_tokens=1).ttft_ms
+            )
+            started = time.perf_counter()
+            with torch.no_grad():
+                lm.model(idx)
+            parallel.append((time.perf_counter() - started) * 1000)
+        p, q = statistics.median(prefill), statistics.median(parallel)
+        flops = prefill_flops(lm.config, batch=1, context=length, chunk=256) / (p / 1000)
+        table.add_row(
+            str(length), f"{p:.1f}", f"{q:.1f}", f"{p / q:.2f}x", f"{flops / 1e9:.1f}",
+            f"{flops / limits.matmul_flop_s:.0%}",
+        )  # fmt: skip
     console.print(table)
+
+
+def untrained(template: str) -> LanguageModel:
+    """An untrained model of a template: its speed sizes hardware before any training."""
+    torch.manual_seed(0)
+    model = BDH(dataclasses.replace(get_template(template).config, dropout=0.0))
+    return LanguageModel(f"{template} (untrained)", model.eval())
+
+
+def section(lm: LanguageModel, limits: MachineLimits, *, quick: bool) -> None:  # one model
+    c = lm.config
+    console.rule(f"[bold]{lm.name}")
+    console.print(
+        f"{c.parameter_count():,} parameters, state {c.state_numel() * 4 / 2**20:.1f} "
+        f"MB/sequence, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"device {lm.device}"
+    )
+    large = c.state_numel() * 4 > 64 * 2**20
+    if lm.metadata:  # the trained model: how decode cost depends on the context
+        contexts = [64, 256, 1024] if quick else [64, 256, 1024, 4096]
+        decode_vs_context(lm, contexts, recompute_max=1024, new_tokens=32)
+    batches = [1, 4, 8] if large else [1, 4, 16]
+    decode_vs_batch(lm, batches, context=256, new_tokens=4 if large else 32, limits=limits)
+    lengths = [64, 256, 1024] if large or quick else [64, 256, 1024, 4096]
+    prefill_vs_parallel(lm, lengths, limits, rounds=1 if large else 3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="bdh-shakespeare")
+    parser.add_argument(
+        "--templates",
+        nargs="*",
+        default=["bdh-small", "bdh-official"],
+        help="also benchmark untrained models of these templates",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sweep")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model(args.model)
-    c = lm.config
+    limits = MachineLimits.measure(torch.device("cpu"), dram_footprint_bytes=512 * 2**20)
     console.print(
-        f"[bold]{lm.name}[/bold]: {c.parameter_count():,} parameters, state "
-        f"{c.state_numel() * 4 / 2**20:.1f} MB/sequence, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, device {lm.device}"
+        f"machine: DRAM copy {limits.dram_copy_bytes_s / 1e9:.1f} GB/s, read "
+        f"{limits.dram_read_bytes_s / 1e9:.1f} GB/s, last-level cache "
+        f"{limits.cache_bytes / 2**20:.0f} MB, float32 matmul peak "
+        f"{limits.matmul_flop_s / 1e9:.0f} GFLOP/s (measured now; fastest of several)"
     )
-    contexts = [64, 256, 1024] if args.quick else [64, 256, 1024, 4096]
-    decode_vs_context(lm, contexts, recompute_max=1024, new_tokens=32)
-    decode_vs_batch(lm, [1, 4, 16], context=256, new_tokens=32)
-    prefill_speed(lm, [256, 1024] if args.quick else [256, 1024, 4096])
+    section(load_model(args.model), limits, quick=args.quick)
+    for template in args.templates:
+        section(untrained(template), limits, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,25 @@ class Environment(BaseModel):
     physical_cores: int | None = None
     torch_threads: int
     memory_total_gb: float | None = None
-    bandwidth_gb_s: float | None = Field(None, description="Measured copy bandwidth.")
+    bandwidth_gb_s: float | None = Field(None, description="Measured DRAM copy bandwidth.")
+    read_bandwidth_gb_s: float | None = Field(None, description="Measured DRAM read bandwidth.")
+    matmul_peak_gflop_s: float | None = Field(
+        None, description="Measured float32 matmul peak (the compute roofline)."
+    )
+    cache_mb: float | None = Field(None, description="Last-level cache the rows are sized by.")
     model: str
+    untrained: bool = Field(
+        False, description="The model is an untrained one of a template (sizing hardware)."
+    )
+    neuron_density: float | None = Field(
+        None, description="Share of active neurons (xs > 0), of the first dtype's model."
+    )
+    pair_density: float | None = Field(
+        None, description="Share of RoPE pairs with an active neuron: state rows touched."
+    )
+    product_density: float | None = Field(
+        None, description="Share of non-zero xs * ys: decoder rows read."
+    )
     parameters: int | None = None
     state_mb_per_sequence: float | None = None
 
@@ -74,10 +91,28 @@ class EngineRow(BaseModel):
         description="CUDA: torch's peak allocation during the row; "
         "CPU: the server process's peak resident memory sampled during the row.",
     )
-    state_memory_mb: float = Field(0.0, description="Modelled recurrent state of the batch.")
-    bytes_per_token: float = Field(0.0, description="Modelled memory traffic per decoded token.")
+    state_memory_mb: float = Field(0.0, description="Recurrent state of the batch.")
+    neuron_density: float | None = Field(None, description="Share of active neurons (xs > 0).")
+    pair_density: float | None = Field(None, description="Share of state rows a token touches.")
+    product_density: float | None = Field(None, description="Share of decoder rows read.")
+    bytes_per_token: float = Field(
+        0.0, description="Bytes a decoded token moves, from the measured activation density."
+    )
+    residency: Literal["cache", "dram"] | None = Field(
+        None, description="Whether a decode step's working set fits the last-level cache."
+    )
+    working_set_mb: float | None = Field(None, description="What a step touches and reuses.")
+    bandwidth_gb_s: float | None = Field(
+        None, description="The limit of this row: DRAM bandwidth, or a copy of its footprint."
+    )
     achieved_gb_s: float | None = Field(None, description="bytes_per_token x decode tokens/s.")
-    roofline_fraction: float | None = Field(None, description="achieved_gb_s / bandwidth.")
+    roofline_fraction: float | None = Field(
+        None, description="achieved_gb_s / bandwidth_gb_s (<= 1 unless the model is wrong)."
+    )
+    prefill_gflop_s: float | None = Field(None, description="Prefill FLOP/s achieved.")
+    prefill_fraction: float | None = Field(
+        None, description="prefill_gflop_s / the measured matmul peak."
+    )
 
     def key(self) -> dict[str, Any]:
         """The parameters that identify the row across runs."""

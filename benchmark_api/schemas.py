@@ -27,6 +27,7 @@ from core.api.outbound import check_url, default_base_url
 from core.api.submission import current_submission
 from core.config import Settings
 from core.engine.registry import InvalidModelNameError, validate_model_name
+from core.engine.training import TEMPLATES
 from core.errors import InvalidRequest
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -117,6 +118,11 @@ class EngineBenchRequest(BaseModel):
     model_config = _STRICT
     kind: Literal["engine"] = "engine"
     model: str | None = Field(None, description="Registry name; default: the server's model.")
+    template: str | None = Field(
+        None,
+        description="Benchmark an untrained model of this architecture template instead of a "
+        "registered model (size hardware before training; not with `model`).",
+    )
     batch_sizes: list[int] = Field([1], description="Sequences decoded together.")
     context_lengths: list[int] = Field([64, 256, 1024], description="Prompt bytes per sequence.")
     new_tokens: list[int] = Field([16], description="Decode steps timed per measurement.")
@@ -144,6 +150,14 @@ class EngineBenchRequest(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> EngineBenchRequest:
         _check_model_name(self.model)
+        if self.template is not None:
+            require(self.model is None, "template", "give a model or a template, not both")
+            require(
+                self.template in TEMPLATES,
+                "template",
+                f"unknown template {self.template!r}; known: {', '.join(TEMPLATES)}",
+                "unknown_template",
+            )
         for param in ("batch_sizes", "context_lengths", "new_tokens", "modes", "dtypes"):
             _check_list(getattr(self, param), param)
             setattr(self, param, _unique(getattr(self, param)))
@@ -177,7 +191,8 @@ class EngineBenchRequest(BaseModel):
         )
         submission = current_submission()
         if submission is not None:
-            self.model = self.model or submission.settings.model.default
+            if self.template is None:
+                self.model = self.model or submission.settings.model.default
             self.check_settings(submission.settings)
         return self
 

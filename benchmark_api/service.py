@@ -11,6 +11,8 @@ level, so a cancelled or failed run still carries what it measured.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -19,8 +21,6 @@ from collections.abc import Callable
 import torch
 
 from benchmark_api.engine_bench import (
-    TrafficModel,
-    copy_bandwidth,
     free_memory,
     measure_decode,
     measure_repeats,
@@ -41,8 +41,17 @@ from benchmark_api.results import (
     ServingResult,
     Spread,
 )
+from benchmark_api.roofline import (
+    ActivationProfile,
+    MachineLimits,
+    activation_profile,
+    decode_traffic,
+    parallel_flops,
+    prefill_flops,
+)
 from benchmark_api.schemas import EngineBenchRequest, ServingBenchRequest
 from benchmark_api.serving_bench import EndpointError, LevelStopped, LoadSpec, run_levels
+from core.engine import kernels
 from core.engine.checkpoint import load_checkpoint
 from core.engine.model import BDH, BDHConfig
 from core.engine.registry import (
@@ -51,6 +60,7 @@ from core.engine.registry import (
     resolve_device,
     resolve_dtype,
 )
+from core.engine.training import get_template
 from core.errors import NotFound, PlatformError, RunCancelled
 from core.runs.context import JobFn, RunContext
 
@@ -66,20 +76,27 @@ MEMORY_SHARE = 0.5  # a row may use at most this share of the device's free memo
 def run_engine_benchmark(context: RunContext, request: EngineBenchRequest) -> EngineResult:
     request.check_settings(context.settings)
     registry = _registry(context)
-    name = request.model or context.settings.model.default
-    config = _config_of(registry, name)
     device = resolve_device(request.device)
-    context.progress(0.0, "measuring memory bandwidth")
-    bandwidth = copy_bandwidth(device, size_bytes=request.bandwidth_mb * 2**20)
+    load: Callable[[str], BDH]
+    if request.template is not None:
+        name, config = request.template, _untrained_config(request.template)
+        load = functools.partial(_untrained, request.template, device, seed=request.seed)
+    else:
+        name = request.model or context.settings.model.default
+        config = _config_of(registry, name)
+        load = functools.partial(_load, registry, name, device)
+    context.progress(0.0, "measuring memory bandwidth and matmul peak")
+    limits = MachineLimits.measure(device, dram_footprint_bytes=request.bandwidth_mb * 2**20)
     environment = describe(
         device=device,
         dtypes=list(request.dtypes),
         model=name,
         config=config,
-        bandwidth_bytes_s=bandwidth,
+        limits=limits,
+        untrained=request.template is not None,
     )
-    sweep = _EngineSweep(context, request, name, environment, bandwidth)
-    sweep.run(lambda dtype: _load(registry, name, device, dtype))
+    sweep = _EngineSweep(context, request, name, environment, limits)
+    sweep.run(load)
     return sweep.result(complete=True)
 
 
@@ -90,10 +107,10 @@ class _EngineSweep:
         request: EngineBenchRequest,
         model: str,
         environment: Environment,
-        bandwidth: float,
+        limits: MachineLimits,
     ) -> None:
         self.context, self.request, self.model = context, request, model
-        self.environment, self.bandwidth = environment, bandwidth
+        self.environment, self.limits = environment, limits
         self.rows: list[EngineRow] = []
         self.plan = list(
             itertools.product(
@@ -111,7 +128,11 @@ class _EngineSweep:
             self.context.check_cancelled()
             self.context.progress(self._done(), f"loading {self.model} as {dtype}")
             model = load(dtype)
-            traffic = TrafficModel.of(model.config, resolve_dtype(dtype))
+            profile = activation_profile(model, seed=self.request.seed)
+            if self.environment.neuron_density is None:
+                self.environment.neuron_density = profile.neuron_density
+                self.environment.pair_density = profile.pair_density
+                self.environment.product_density = profile.product_density
             if self.request.warmup:
                 self._warm_up(model)
             for _, mode, batch, length, new in combos:
@@ -123,13 +144,15 @@ class _EngineSweep:
                     new_tokens=new,
                     dtype=dtype,
                     device=self.environment.device,
-                    state_memory_mb=batch * traffic.state_bytes_per_sequence / 2**20,
-                    bytes_per_token=traffic.bytes_per_token(batch, mode),
+                    state_memory_mb=batch * model.config.state_numel() * 4 / 2**20,
+                    neuron_density=profile.neuron_density,
+                    pair_density=profile.pair_density,
+                    product_density=profile.product_density,
                 )
                 self.context.progress(
                     self._done(), f"row {len(self.rows) + 1}/{len(self.plan)}: {row.label()}"
                 )
-                self._finish(self._measure(model, row))
+                self._finish(self._measure(model, row, profile))
             del model
 
     def _warm_up(self, model: BDH) -> None:
@@ -148,7 +171,7 @@ class _EngineSweep:
     def _done(self) -> float:
         return len(self.rows) / max(len(self.plan), 1)
 
-    def _measure(self, model: BDH, row: EngineRow) -> EngineRow:
+    def _measure(self, model: BDH, row: EngineRow, profile: ActivationProfile) -> EngineRow:
         request = self.request
         if row.mode == "recompute" and row.context + row.new_tokens > request.recompute_max_context:
             row.status = "skipped"
@@ -196,10 +219,38 @@ class _EngineSweep:
         row.tpot_ms = Spread.of([m.tpot_ms for m in measurements])
         row.decode_tokens_per_s = Spread.of([m.decode_tokens_per_s for m in measurements])
         row.peak_memory_mb = max(m.peak_memory_mb for m in measurements)
-        achieved = row.bytes_per_token * row.decode_tokens_per_s.median
-        row.achieved_gb_s = achieved / 1e9
-        row.roofline_fraction = achieved / self.bandwidth if self.bandwidth > 0 else None
+        self._roofline(model, row, profile)
         return row
+
+    def _roofline(self, model: BDH, row: EngineRow, profile: ActivationProfile) -> None:
+        """Hold the row's decode against memory and its prefill against compute."""
+        config, limits = model.config, self.limits
+        assert row.ttft_ms is not None and row.decode_tokens_per_s is not None
+        batch, context = row.batch_size, row.context
+        if row.mode == "recompute":
+            flops = parallel_flops(config, batch=batch, context=context)
+        else:
+            flops = prefill_flops(
+                config, batch=batch, context=context, chunk=self.request.prefill_chunk
+            )
+            traffic = decode_traffic(
+                config,
+                profile,
+                batch=batch,
+                weight_element_bytes=model.lm_head.element_size(),
+                cache_bytes=limits.cache_bytes,
+                skips_zeros=kernels.fused_applies(model.lm_head, model.lm_head),
+            )
+            bandwidth = limits.bandwidth_for(traffic)
+            achieved = traffic.bytes_per_token * row.decode_tokens_per_s.median
+            row.bytes_per_token = traffic.bytes_per_token
+            row.residency = traffic.residency
+            row.working_set_mb = traffic.working_set_bytes / 2**20
+            row.bandwidth_gb_s = bandwidth / 1e9
+            row.achieved_gb_s = achieved / 1e9
+            row.roofline_fraction = achieved / bandwidth
+        row.prefill_gflop_s = flops / (row.ttft_ms.median / 1000) / 1e9
+        row.prefill_fraction = row.prefill_gflop_s * 1e9 / limits.matmul_flop_s
 
     def _finish(self, row: EngineRow) -> None:
         self.rows.append(row)
@@ -243,6 +294,17 @@ def _config_of(registry: ModelRegistry, name: str) -> BDHConfig:
         return registry.info(name).config
     except ModelNotFoundError as exc:
         raise NotFound(str(exc), param="model", code="model_not_found") from None
+
+
+def _untrained_config(template: str) -> BDHConfig:
+    return dataclasses.replace(get_template(template).config, dropout=0.0)
+
+
+def _untrained(template: str, device: torch.device, dtype: str, *, seed: int) -> BDH:
+    """A fresh model of the template, seeded: the same run measures the same weights."""
+    torch.manual_seed(seed)
+    model = BDH(_untrained_config(template)).eval()
+    return model.to(device=device, dtype=resolve_dtype(dtype))
 
 
 def _load(registry: ModelRegistry, name: str, device: torch.device, dtype: str) -> BDH:

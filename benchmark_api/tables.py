@@ -25,9 +25,16 @@ ENGINE_SPREADS = ("prefill_tokens_per_s", "ttft_ms", "tpot_ms", "decode_tokens_p
 ENGINE_VALUES = (
     "peak_memory_mb",
     "state_memory_mb",
+    "pair_density",
+    "product_density",
     "bytes_per_token",
+    "residency",
+    "working_set_mb",
+    "bandwidth_gb_s",
     "achieved_gb_s",
     "roofline_fraction",
+    "prefill_gflop_s",
+    "prefill_fraction",
 )
 SERVING_VALUES = (
     "num_requests",

@@ -43,8 +43,9 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -63,18 +64,22 @@ _helper_count = 0
 _helpers_lock = threading.Lock()
 _in_part = threading.local()  # .active: this thread runs a part of a split
 
-_compiled: Callable[..., None] | None = None
+# A step of fewer sequences than a split by sequence needs splits each layer by heads instead,
+# once a sequence's state is large enough to pay for one hand-off between threads per layer.
+MIN_HEAD_SPLIT_STATE_BYTES: Final = 16 * 2**20
+
+_compiled: Any = None  # the numba_kernels module, once loaded
 _unavailable: str | None = None
 
 
-def _compile() -> Callable[..., None]:
-    """Load the Numba kernel (raises ImportError without Numba)."""
+def _compile() -> Any:
+    """Load the Numba kernels (raises ImportError without Numba)."""
     from . import numba_kernels  # optional, and slow to import: only when first needed
 
-    return numba_kernels.decode_rows
+    return numba_kernels
 
 
-def _kernel() -> Callable[..., None] | None:
+def _kernel() -> Any:
     global _compiled, _unavailable
     if _compiled is None and _unavailable is None:
         try:
@@ -186,11 +191,68 @@ def decode_rows(
     layers = tuple(layer.numpy() for layer in state)
     logits = torch.empty(tokens.size(0), weights[-1].size(1), dtype=torch.float32)
     arrays = (t.contiguous().numpy() for t in (tokens, cos, sin))
-    _kernels()(*arrays, layers, *(w.numpy() for w in weights), logits.numpy())
+    _kernels().decode_rows(*arrays, layers, *(w.numpy() for w in weights), logits.numpy())
     return logits
 
 
-def _kernels() -> Callable[..., None]:
+def head_parts(batch: int, state: torch.Tensor) -> int:
+    """How many threads a step of `batch` sequences splits its layers' heads over (1: none).
+
+    Only steps that a split by sequence leaves whole (`split_bounds`), and only when a
+    sequence's state is at least MIN_HEAD_SPLIT_STATE_BYTES: a smaller one decodes faster on
+    one thread than with a hand-off per layer.
+    """
+    heads = state.size(2)
+    per_sequence = state[:, :1].numel() * state.element_size()
+    if len(split_bounds(batch)) > 2 or per_sequence < MIN_HEAD_SPLIT_STATE_BYTES:
+        return 1
+    if getattr(_in_part, "active", False):
+        return 1
+    return max(1, min(_threads, heads))
+
+
+def decode_rows_by_heads(
+    tokens: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    state: torch.Tensor,
+    weights: tuple[torch.Tensor, ...],
+    parts: int,
+) -> torch.Tensor:
+    """`decode_rows` with each layer's heads split over `parts` threads; bit-identical to it.
+
+    Per layer every thread runs its heads (`numba_kernels.layer_heads`: state rows of those
+    heads only, each head's share of the decoder product kept apart), then the calling
+    thread adds the shares in head order (`combine_heads`), which is what the one-call
+    kernel does too. One hand-off per layer is the price; the kernels drop the GIL, so the
+    parts really run at the same time.
+    """
+    kernels = _kernels()
+    embed, encoder, encoder_v, decoder, lm_head = (w.numpy() for w in weights)
+    B, nh, D = tokens.size(0), state.size(2), state.size(4)
+    token_ids, c, s = (t.contiguous().numpy() for t in (tokens, cos, sin))
+    x = np.empty((B, D), np.float32)
+    m_heads = np.empty((nh, B, D), np.float32)
+    kernels.embed_rows(token_ids, embed, x)
+    bounds = [nh * i // parts for i in range(parts + 1)]
+    pool = _pool()
+    for layer in state:
+        S = layer.numpy()
+
+        def heads(first: int, last: int, S: Any = S) -> None:
+            kernels.layer_heads(S, x, c, s, encoder, encoder_v, decoder, first, last, m_heads)
+
+        futures = [pool.submit(heads, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        heads(bounds[0], bounds[1])
+        for future in futures:
+            future.result()
+        kernels.combine_heads(m_heads, x)
+    logits = np.empty((B, lm_head.shape[1]), np.float32)
+    kernels.matmul_rows(x, lm_head, logits)
+    return torch.from_numpy(logits)
+
+
+def _kernels() -> Any:
     kernel = _kernel()
     if kernel is None:
         raise RuntimeError(f"the fused decode kernel is unavailable: {_unavailable}")

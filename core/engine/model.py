@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -116,8 +117,17 @@ class BDH(nn.Module):
     # Parallel form (training, reference, recompute baseline)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        observe: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) and the loss against `targets` if given.
+
+        `observe(xs, ys)`, if given, sees each layer's sparse activations (B, nh, T, N) as
+        they are made: the benchmarks count from them what the kernels skip.
+        """
         B, T = idx.size()
         C = self.config
         D, nh, N = C.n_embd, C.n_head, C.neurons_per_head
@@ -131,6 +141,8 @@ class BDH(nn.Module):
             scores = (q @ q.mT).tril(diagonal=-1)  # (B, nh, T, T)
             a = scores @ x  # (B, nh, T, D)
             ys = F.relu(layer_norm(a) @ self.encoder_v)  # (B, nh, T, N)
+            if observe is not None:
+                observe(xs, ys)
             xy = self.drop(xs * ys)  # (B, nh, T, N)
             m = xy.transpose(1, 2).reshape(B, 1, T, nh * N) @ self.decoder  # (B, 1, T, D)
             x = layer_norm(x + layer_norm(m))  # (B, 1, T, D)
@@ -231,11 +243,12 @@ class BDH(nn.Module):
         (`kernels.decode_rows`): no per-operator dispatch and no GIL while it runs, and
         every row computed on its own in a fixed order, so a sequence's logits and state are
         bit-identical alone or in any batch. A batch of 8 or more sequences splits over
-        `kernels.threads()` threads, one kernel call each, unless `split` is false (the
-        caller runs steps side by side on its own threads). Elsewhere (GPU, bfloat16) it runs
-        PyTorch operators: every product is a flat or per-head batched matmul, so no weight
-        is ever broadcast (copied) per sequence, and BLAS may round differently in the last
-        bit as the batch size changes.
+        `kernels.threads()` threads, one kernel call each, and a smaller batch of a large model
+        splits each layer's heads over them instead (`kernels.head_parts`), unless `split` is
+        false (the caller runs steps side by side on its own threads). Elsewhere (GPU,
+        bfloat16) it runs PyTorch operators: every product is a flat or per-head batched
+        matmul, so no weight is ever broadcast (copied) per sequence, and BLAS may round
+        differently in the last bit as the batch size changes.
         """
         fused = kernels.fused_applies(state, self.lm_head)
         if fused and split and len(kernels.split_bounds(tokens.size(0))) > 2:
@@ -244,13 +257,20 @@ class BDH(nn.Module):
                 tokens.size(0),
             )
             return torch.cat(parts)
-        return self._decode_rows(tokens, positions, state, fused)
+        heads = kernels.head_parts(tokens.size(0), state) if fused and split else 1
+        return self._decode_rows(tokens, positions, state, fused, heads)
 
     @torch.no_grad()
     def _decode_rows(
-        self, tokens: torch.Tensor, positions: torch.Tensor, state: torch.Tensor, fused: bool
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        state: torch.Tensor,
+        fused: bool,
+        head_parts: int = 1,
     ) -> torch.Tensor:
-        """`decode_step` for one part of a batch (all of it unless it is split over threads)."""
+        """`decode_step` for one part of a batch (all of it unless it is split over threads);
+        a fused step of few sequences may split each layer's heads over `head_parts` threads."""
         B = tokens.size(0)
         C = self.config
         nh, N = C.n_head, C.neurons_per_head
@@ -259,7 +279,10 @@ class BDH(nn.Module):
         if fused:  # the whole step in one kernel call; RoPE angles once, not per layer
             cos, sin = rope_cos_sin(phases.view(B, N))  # (B, N)
             weights = (self.embed.weight, encoder, self.encoder_v, self.decoder, self.lm_head)
-            return kernels.decode_rows(tokens, cos, sin, state, tuple(w.detach() for w in weights))
+            detached = tuple(w.detach() for w in weights)
+            if head_parts > 1:
+                return kernels.decode_rows_by_heads(tokens, cos, sin, state, detached, head_parts)
+            return kernels.decode_rows(tokens, cos, sin, state, detached)
         x = layer_norm(self.embed(tokens))  # (B, D)
         for layer in range(C.n_layer):
             xs = F.relu(x @ encoder).view(B, nh, N)  # (B, nh, N)

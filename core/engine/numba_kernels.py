@@ -27,14 +27,14 @@ _PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info >= (15,) else "llvm.
 
 
 @intrinsic
-def prefetch(typingctx, array, index):
-    """`prefetch(flat_array, index)`: LLVM's prefetch (for writing, into every cache level) of
-    the cache line holding `flat_array[index]`. It changes no value."""
+def prefetch(typingctx, array, row, column):
+    """`prefetch(matrix, row, column)`: LLVM's prefetch (for writing, into every cache level)
+    of the cache line holding `matrix[row, column]`. It changes no value."""
 
     def codegen(context, builder, signature, args):
         arraytype = signature.args[0]
         struct = context.make_array(arraytype)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, arraytype, struct, [args[1]])
+        pointer = cgutils.get_item_pointer(context, builder, arraytype, struct, [args[1], args[2]])
         bytes_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         function = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [bytes_ptr, i32, i32, i32]), _PREFETCH
@@ -44,23 +44,23 @@ def prefetch(typingctx, array, index):
         builder.call(function, [builder.bitcast(pointer, bytes_ptr), *flags])
         return context.get_dummy_value()
 
-    return types.void(array, index), codegen
+    return types.void(array, row, column), codegen
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def rope_attend_update(S, xs, cos, sin, x, heads, out):
-    """S (R, N, D), xs (R, N), cos/sin (B, N), x (B, D), out (R, D); R = B * heads.
+    """S (R, N, D), xs (R, N), cos/sin (B, N), x (B, D), out (R, D); R = B * heads. Each
+    S[r] must be row-contiguous (N, D); S itself may be a strided view (one head of a layer).
 
     Which row pairs a token touches depends on its activations, so the hardware cannot guess
     the next one: the kernel lists them first and prefetches PREFETCH_AHEAD pairs ahead, which
     hides most of the memory latency once the states outgrow the cache.
     """
     R, N, D = S.shape
-    flat = S.reshape(-1)
     active = np.empty(N // 2, np.int64)
     for r in range(R):
         b = r // heads
-        xb, c, s, v, o = x[b], cos[b], sin[b], xs[r], out[r]
+        Sr, xb, c, s, v, o = S[r], x[b], cos[b], sin[b], xs[r], out[r]
         for d in range(D):
             o[d] = 0.0
         count = 0
@@ -71,9 +71,9 @@ def rope_attend_update(S, xs, cos, sin, x, heads, out):
         for j in range(-PREFETCH_AHEAD, count):
             ahead = j + PREFETCH_AHEAD
             if ahead < count:
-                start = (r * N + active[ahead]) * D
-                for offset in range(0, 2 * D, FLOATS_PER_LINE):
-                    prefetch(flat, start + offset)
+                for offset in range(0, D, FLOATS_PER_LINE):
+                    prefetch(Sr, active[ahead], offset)
+                    prefetch(Sr, active[ahead] + 1, offset)
             if j < 0:
                 continue
             i = active[j]
@@ -81,7 +81,7 @@ def rope_attend_update(S, xs, cos, sin, x, heads, out):
             # rope(): q = v * cos + v_rot * sin with v_rot = (-v[2i+1], v[2i]).
             q0 = v0 * c[i] + (-v1) * s[i]
             q1 = v1 * c[i + 1] + v0 * s[i + 1]
-            row0, row1 = S[r, i], S[r, i + 1]
+            row0, row1 = Sr[i], Sr[i + 1]
             for d in range(D):
                 s0, s1 = row0[d], row1[d]
                 o[d] += q0 * s0
@@ -91,31 +91,29 @@ def rope_attend_update(S, xs, cos, sin, x, heads, out):
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def sparse_decode(xs, ys, decoder, m):
-    """m (B, D) = (xs * relu(ys)) @ decoder, reading only the decoder rows of non-zero products.
+def sparse_decode_head(xs, ys, decoder, m):
+    """m (B, D) = (xs * relu(ys)) @ decoder rows of one head, reading only the decoder rows
+    of non-zero products.
 
-    xs (B, nh*N) is a ReLU output; ys (nh, B, N) holds the values before their ReLU (only
-    positive ones count, which is that ReLU); decoder (nh*N, D). About 1 product in 10 is
-    non-zero, so this reads a tenth of the decoder a dense product would.
+    xs (B, N) is the head's ReLU output; ys (B, N) its values before their ReLU (only
+    positive ones count, which is that ReLU); decoder (N, D), the head's rows. About 1 product
+    in 10 is non-zero, so this reads a tenth of what a dense product would.
     """
-    nh, B, N = ys.shape
+    B, N = ys.shape
     D = decoder.shape[1]
     for b in range(B):
-        mb, xb = m[b], xs[b]
+        mb, xb, yb = m[b], xs[b], ys[b]
         for d in range(D):
             mb[d] = 0.0
-        for h in range(nh):
-            yb = ys[h, b]
-            for n in range(N):
-                if yb[n] <= 0.0:
-                    continue
-                k = h * N + n
-                z = xb[k] * yb[n]
-                if z == 0.0:
-                    continue
-                row = decoder[k]
-                for d in range(D):
-                    mb[d] += z * row[d]
+        for n in range(N):
+            if yb[n] <= 0.0:
+                continue
+            z = xb[n] * yb[n]
+            if z == 0.0:
+                continue
+            row = decoder[n]
+            for d in range(D):
+                mb[d] += z * row[d]
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -160,6 +158,58 @@ def layer_norm_row(v, out):
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
+def embed_rows(tokens, embed, x):
+    """x (B, D) = LayerNorm(embed[tokens]): the input of the first layer."""
+    for b in range(tokens.shape[0]):
+        layer_norm_row(embed[tokens[b]], x[b])
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def layer_heads(S, x, cos, sin, encoder, encoder_v, decoder, first, last, m_heads):
+    """Heads first..last-1 of one layer for B sequences; each head's share of m is written
+    to m_heads[h] (B, D), so heads can run on different threads and `combine_heads` adds
+    them in one fixed order.
+
+    S (B, nh, N, D) is the layer's state, updated in place; x (B, D) the layer's input;
+    cos/sin (B, N); encoder (D, nh*N), encoder_v (nh, D, N), decoder (nh*N, D).
+    """
+    B, _, N, D = S.shape
+    xs = np.empty((B, N), np.float32)
+    a = np.empty((B, D), np.float32)
+    normed = np.empty((B, D), np.float32)
+    ys = np.empty((B, N), np.float32)
+    for h in range(first, last):
+        matmul_rows(x, encoder[:, h * N : (h + 1) * N], xs)  # xs = relu(x @ encoder_h)
+        for b in range(B):
+            row = xs[b]
+            for j in range(N):
+                if row[j] < 0.0:
+                    row[j] = 0.0
+        rope_attend_update(S[:, h], xs, cos, sin, x, 1, a)
+        for b in range(B):
+            layer_norm_row(a[b], normed[b])
+        matmul_rows(normed, encoder_v[h], ys)  # ReLU'd inside sparse_decode_head
+        sparse_decode_head(xs, ys, decoder[h * N : (h + 1) * N], m_heads[h])
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def combine_heads(m_heads, x):
+    """x = LN(x + LN(m)) with m the sum of the heads' shares, added in head order."""
+    nh, B, D = m_heads.shape
+    m = np.empty(D, np.float32)
+    for b in range(B):
+        for d in range(D):
+            m[d] = m_heads[0, b, d]
+        for h in range(1, nh):
+            for d in range(D):
+                m[d] += m_heads[h, b, d]
+        layer_norm_row(m, m)
+        for d in range(D):
+            m[d] += x[b, d]
+        layer_norm_row(m, x[b])
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
 def decode_rows(tokens, cos, sin, states, embed, encoder, encoder_v, decoder, lm_head, logits):
     """One whole decode step of B sequences, in the order of `BDH._decode_rows`.
 
@@ -167,36 +217,15 @@ def decode_rows(tokens, cos, sin, states, embed, encoder, encoder_v, decoder, lm
     array per layer, updated in place; embed (V, D); encoder (D, nh*N), the decode layout;
     encoder_v (nh, D, N); decoder (nh*N, D); lm_head (D, V); logits (B, V) is written.
     Every row is computed on its own, in a fixed order: the same token, position and state
-    give bit-identical logits and state whatever else is in the batch.
+    give bit-identical logits and state whatever else is in the batch, and whether the heads
+    of a layer run here or on several threads (`kernels.decode_rows_by_heads`).
     """
     B = tokens.shape[0]
-    _, nh, N, D = states[0].shape
+    _, nh, _, D = states[0].shape
     x = np.empty((B, D), np.float32)
-    xs = np.empty((B, nh * N), np.float32)
-    a = np.empty((B * nh, D), np.float32)
-    normed = np.empty((nh, B, D), np.float32)
-    ys = np.empty((nh, B, N), np.float32)
-    m = np.empty((B, D), np.float32)
-    for b in range(B):
-        layer_norm_row(embed[tokens[b]], x[b])
+    m_heads = np.empty((nh, B, D), np.float32)
+    embed_rows(tokens, embed, x)
     for layer in range(len(states)):
-        matmul_rows(x, encoder, xs)  # xs = relu(x @ encoder)
-        for b in range(B):
-            row = xs[b]
-            for j in range(nh * N):
-                if row[j] < 0.0:
-                    row[j] = 0.0
-        S = states[layer].reshape(B * nh, N, D)
-        rope_attend_update(S, xs.reshape(B * nh, N), cos, sin, x, nh, a)
-        for b in range(B):
-            for h in range(nh):
-                layer_norm_row(a[b * nh + h], normed[h, b])
-        for h in range(nh):
-            matmul_rows(normed[h], encoder_v[h], ys[h])  # ReLU'd inside sparse_decode
-        sparse_decode(xs, ys, decoder, m)
-        for b in range(B):
-            layer_norm_row(m[b], m[b])
-            for d in range(D):
-                m[b, d] += x[b, d]
-            layer_norm_row(m[b], x[b])  # x = LN(x + LN(m))
+        layer_heads(states[layer], x, cos, sin, encoder, encoder_v, decoder, 0, nh, m_heads)
+        combine_heads(m_heads, x)
     matmul_rows(x, lm_head, logits)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from benchmark_api.app import create_app
-from benchmark_api.engine_bench import TrafficModel, free_memory, memory_needed
+from benchmark_api.engine_bench import free_memory, memory_needed
+from benchmark_api.roofline import ActivationProfile, decode_traffic
 from benchmark_api.service import MEMORY_SHARE
 from core.engine import ModelRegistry
 from tests.benchmark.conftest import (
@@ -64,12 +65,19 @@ def test_sweep_returns_every_row_with_plausible_figures(sweep: dict[str, Any]) -
             spread = row[name]
             assert 0 < spread["min"] <= spread["median"] <= spread["max"], (name, row)
         assert row["peak_memory_mb"] > 0
-        assert row["bytes_per_token"] > 0
-        assert row["roofline_fraction"] > 0
+        assert row["prefill_fraction"] > 0
+        if row["mode"] == "recurrent":
+            assert row["bytes_per_token"] > 0 and row["residency"] in ("cache", "dram")
+            assert 0 < row["roofline_fraction"] <= 1
+        else:  # compute-bound: held against the matmul peak only
+            assert row["roofline_fraction"] is None and row["residency"] is None
     summary = result["summary"]
     assert summary["complete"] and summary["measured"] == len(rows) == summary["planned_rows"]
     env = result["environment"]
-    assert env["bandwidth_gb_s"] > 0
+    assert env["bandwidth_gb_s"] > 0 and env["read_bandwidth_gb_s"] > 0
+    assert env["matmul_peak_gflop_s"] > 0 and env["cache_mb"] > 0
+    assert 0 < env["product_density"] <= env["neuron_density"] <= env["pair_density"] <= 1
+    assert env["untrained"] is False
     assert env["torch_version"] == torch.__version__
     assert env["cores"] >= 1 and env["device"] == "cpu" and env["model"] == NANO_MODEL
 
@@ -90,25 +98,28 @@ def test_recompute_is_slower_than_recurrent_at_the_longest_context(
     assert ratio["context"] == longest and ratio["tpot_ratio"] > 1
 
 
-def test_traffic_model_and_roofline_follow_their_definitions(
+def test_traffic_and_roofline_follow_their_definitions(
     sweep: dict[str, Any], models_dir: Any
 ) -> None:
     config = ModelRegistry(models_dir).info(NANO_MODEL).config
-    traffic = TrafficModel.of(config, torch.float32)
-    weights = 4 * (
-        config.n_layer * 3 * config.n_head * config.n_embd * config.neurons_per_head
-        + 2 * config.vocab_size * config.n_embd
+    env = sweep["result"]["environment"]
+    profile = ActivationProfile(
+        env["neuron_density"], env["pair_density"], env["product_density"], tokens=256
     )
-    state = 4 * config.n_layer * config.n_head * config.neurons_per_head * config.n_embd
-    bandwidth = sweep["result"]["environment"]["bandwidth_gb_s"] * 1e9
+    cache = int(env["cache_mb"] * 2**20)
     for row in sweep["result"]["rows"]:
-        per_step = weights + (2 * state * row["batch_size"] if row["mode"] == "recurrent" else 0)
-        assert row["bytes_per_token"] == pytest.approx(per_step / row["batch_size"])
-        assert traffic.bytes_per_token(row["batch_size"], row["mode"]) == pytest.approx(
-            row["bytes_per_token"]
+        if row["mode"] != "recurrent":
+            continue
+        traffic = decode_traffic(
+            config, profile, batch=row["batch_size"], weight_element_bytes=4, cache_bytes=cache
         )
+        assert row["bytes_per_token"] == pytest.approx(traffic.bytes_per_token)
+        assert row["residency"] == traffic.residency == "cache"  # bdh-nano: 0.2 MB a sequence
         achieved = row["bytes_per_token"] * row["decode_tokens_per_s"]["median"]
-        assert row["roofline_fraction"] == pytest.approx(achieved / bandwidth, rel=1e-6)
+        assert row["achieved_gb_s"] == pytest.approx(achieved / 1e9, rel=1e-6)
+        assert row["roofline_fraction"] == pytest.approx(
+            achieved / (row["bandwidth_gb_s"] * 1e9), rel=1e-6
+        )
 
 
 def test_metric_events_for_every_row(client: httpx.Client, sweep: dict[str, Any]) -> None:
@@ -165,9 +176,14 @@ def test_csv_export_parses_and_matches_the_json(
         for name in SPREADS:
             assert float(record[name]) == pytest.approx(row[name]["median"], rel=1e-5)
             assert float(record[f"{name}_max"]) == pytest.approx(row[name]["max"], rel=1e-5)
-        assert float(record["roofline_fraction"]) == pytest.approx(
-            row["roofline_fraction"], rel=1e-5
-        )
+        if row["roofline_fraction"] is None:  # recompute rows are compute-bound
+            assert record["roofline_fraction"] == "" and record["residency"] == ""
+        else:
+            assert float(record["roofline_fraction"]) == pytest.approx(
+                row["roofline_fraction"], rel=1e-5
+            )
+            assert record["residency"] == row["residency"]
+        assert float(record["prefill_fraction"]) == pytest.approx(row["prefill_fraction"], rel=1e-5)
 
 
 def test_view_routes_refuse_unknown_and_unfinished_runs(client: httpx.Client) -> None:
@@ -271,14 +287,26 @@ def test_shipped_model_sweep(client: httpx.Client, models_dir: Any) -> None:
     assert all(r["status"] == "measured" and r["decode_tokens_per_s"]["median"] > 0 for r in rows)
 
 
-def test_dtype_sweep_models_each_dtypes_traffic(client: httpx.Client) -> None:
+def test_dtype_sweep_models_each_dtypes_traffic(client: httpx.Client, models_dir: Any) -> None:
     body = run_to_end(client, TINY_ENGINE | {"dtypes": ["float32", "bfloat16"]})
     rows = {row["dtype"]: row for row in body["result"]["rows"]}
     assert set(rows) == {"float32", "bfloat16"}
     assert all(row["decode_tokens_per_s"]["median"] > 0 for row in rows.values())
-    # Same state traffic (float32 either way), half the weight bytes.
+    # The same float32 state either way; bfloat16 takes the PyTorch path, which moves the
+    # whole state and decoder (no zero skipping), in half-size weights.
     assert rows["bfloat16"]["state_memory_mb"] == rows["float32"]["state_memory_mb"]
-    assert rows["bfloat16"]["bytes_per_token"] < rows["float32"]["bytes_per_token"]
+    config = ModelRegistry(models_dir).info(NANO_MODEL).config
+    cache = int(body["result"]["environment"]["cache_mb"] * 2**20)
+    for dtype, element, skips in (("float32", 4, True), ("bfloat16", 2, False)):
+        row = rows[dtype]
+        profile = ActivationProfile(
+            row["neuron_density"], row["pair_density"], row["product_density"], tokens=256
+        )
+        traffic = decode_traffic(
+            config, profile, batch=1, weight_element_bytes=element, cache_bytes=cache,
+            skips_zeros=skips,
+        )  # fmt: skip
+        assert row["bytes_per_token"] == pytest.approx(traffic.bytes_per_token)
     assert body["result"]["environment"]["dtypes"] == ["float32", "bfloat16"]
 
 

@@ -12,10 +12,11 @@ import torch
 
 from benchmark_api import plots
 from benchmark_api.compare import RunResult, compare
-from benchmark_api.engine_bench import copy_bandwidth, measure_repeats
+from benchmark_api.engine_bench import measure_repeats
 from benchmark_api.environment import describe
 from benchmark_api.reports import engine_summary, serving_summary
 from benchmark_api.results import EngineResult, EngineRow, ServingResult, Spread
+from benchmark_api.roofline import copy_bandwidth
 from benchmark_api.schemas import EngineBenchRequest, ServingBenchRequest
 from benchmark_api.serving_bench import (
     RequestOutcome,
@@ -209,7 +210,7 @@ def test_measurements_stop_when_cancelled_between_steps() -> None:
 
 
 def test_copy_bandwidth_is_positive() -> None:
-    assert copy_bandwidth(torch.device("cpu"), size_bytes=2**20, repeats=2) > 0
+    assert copy_bandwidth(torch.device("cpu"), footprint_bytes=2**20, repeats=2) > 0
 
 
 def test_submission_context_fills_defaults_and_applies_the_settings() -> None:

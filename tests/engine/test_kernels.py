@@ -123,17 +123,70 @@ def test_splits_do_not_nest(kernel_threads: None) -> None:
     assert kernels.run_split(lambda b, e: (b, e), 8) == [(0, 4), (4, 8)]  # the guard is reset
 
 
-def test_sparse_decode_equals_the_dense_product() -> None:
+def test_sparse_decode_head_equals_the_dense_product() -> None:
     gen = torch.Generator().manual_seed(7)
-    xs = torch.relu(torch.randn(5, 64, generator=gen))  # (B, nh*N), nh = 2, N = 32
-    ys = torch.randn(2, 5, 32, generator=gen)  # (nh, B, N) before the ReLU
-    decoder = torch.randn(64, 16, generator=gen)
-    expected = (xs * torch.relu(ys).transpose(0, 1).reshape(5, 64)) @ decoder
+    xs = torch.relu(torch.randn(5, 32, generator=gen))  # (B, N) of one head
+    ys = torch.randn(5, 32, generator=gen)  # (B, N) before the ReLU
+    decoder = torch.randn(32, 16, generator=gen)  # the head's (N, D) rows
+    expected = (xs * torch.relu(ys)) @ decoder
     m = torch.empty(5, 16)
-    numba_kernels.sparse_decode(xs.numpy(), ys.numpy(), decoder.numpy(), m.numpy())
+    numba_kernels.sparse_decode_head(xs.numpy(), ys.numpy(), decoder.numpy(), m.numpy())
     assert torch.allclose(m, expected, atol=1e-5)
-    numba_kernels.sparse_decode(torch.zeros(5, 64).numpy(), ys.numpy(), decoder.numpy(), m.numpy())
+    zeros = torch.zeros(5, 32).numpy()
+    numba_kernels.sparse_decode_head(zeros, ys.numpy(), decoder.numpy(), m.numpy())
     assert m.abs().max() == 0
+
+
+def _prefilled(model: BDH, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(11)
+    _, state = model.prefill(torch.randint(0, 256, (batch, 23), generator=gen))
+    tokens = torch.randint(0, 256, (batch,), generator=gen)
+    return tokens, torch.full((batch,), 23), state
+
+
+@pytest.mark.parametrize("parts", [2, 3, 4])
+def test_a_step_split_by_heads_is_bit_identical_to_the_whole_step(parts: int) -> None:
+    model = nano_model(scale=5.0)
+    tokens, positions, state = _prefilled(model, batch=2)
+    whole_state, split_state = state.clone(), state.clone()
+    whole = model._decode_rows(tokens, positions, whole_state, True)
+    for _ in range(3):  # the states stay identical too, step after step
+        split = model._decode_rows(tokens, positions, split_state, True, head_parts=parts)
+        assert torch.equal(split, whole) and torch.equal(split_state, whole_state)
+        tokens, positions = whole.argmax(dim=-1), positions + 1
+        whole = model._decode_rows(tokens, positions, whole_state, True)
+
+
+def test_head_parts_only_split_few_sequences_of_a_large_state(kernel_threads: None) -> None:
+    kernels.set_threads(2)
+    big = torch.empty(1, 1, 4, 2**12, 2**10)  # 64 MiB a sequence
+    small = torch.empty(1, 1, 4, 64, 64)
+    assert kernels.head_parts(1, big) == 2 and kernels.head_parts(4, big) == 2
+    assert kernels.head_parts(8, big) == 1  # split by sequence instead
+    assert kernels.head_parts(1, small) == 1  # not worth a hand-off per layer
+    kernels.set_threads(8)
+    assert kernels.head_parts(1, big) == 4  # never more parts than heads
+
+
+def test_decode_step_splits_a_lone_large_sequence_by_heads(
+    monkeypatch: pytest.MonkeyPatch, kernel_threads: None
+) -> None:
+    kernels.set_threads(2)
+    monkeypatch.setattr(kernels, "MIN_HEAD_SPLIT_STATE_BYTES", 0)  # bdh-nano counts as large
+    calls: list[int] = []
+    by_heads = kernels.decode_rows_by_heads
+    monkeypatch.setattr(
+        kernels,
+        "decode_rows_by_heads",
+        lambda *args: calls.append(args[-1]) or by_heads(*args),
+    )
+    model = nano_model(scale=5.0)
+    tokens, positions, state = _prefilled(model, batch=1)
+    alone = state.clone()
+    split = model.decode_step(tokens, positions, state)
+    assert calls == [2]
+    assert torch.equal(split, model.decode_step(tokens, positions, alone, split=False))
+    assert torch.equal(state, alone)
 
 
 def test_matmul_rows_is_the_product_and_ignores_the_other_rows() -> None:

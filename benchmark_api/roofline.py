@@ -1,0 +1,259 @@
+"""What a decode step really moves, and the machine limits it is held against.
+
+The fused decode kernel skips what is zero: a RoPE pair of the state whose two activations are
+both zero is neither read nor written, and a decoder row whose product xs * ys is zero is not
+read. So the bytes a step moves depend on the model's activation density, which training
+changes (trained models are sparser, so faster). `activation_profile` measures the densities
+on a forward pass of the model itself; `decode_traffic` turns them into bytes per step and a
+working set; the working set against the last-level cache says whether the row is
+*cache*-resident or *DRAM*-resident; and `MachineLimits` measures, in the same run, what the
+row is compared with: the DRAM read and copy bandwidth, the copy bandwidth of a buffer the size
+of a cache-resident working set, and a float32 matmul peak for the compute-bound prefill.
+
+A roofline fraction above 1 would mean the traffic model counts bytes the kernel does not
+move; the tests hold the shipped and template models to <= 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from core.engine.model import BDH, BDHConfig
+
+Residency = Literal["cache", "dram"]
+STATE_BYTES_PER_FLOAT = 4  # the recurrent state is float32 whatever the weights' dtype
+DEFAULT_LLC_BYTES = 32 * 2**20  # when the cache size cannot be read (not Linux)
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """Densities of one model's sparse activations, over every layer and head."""
+
+    neuron_density: float  # share of xs = relu(x @ encoder) that is non-zero
+    pair_density: float  # share of RoPE pairs of xs with a non-zero member: state rows touched
+    product_density: float  # share of xs * ys that is non-zero: decoder rows read
+    tokens: int
+
+
+@torch.no_grad()
+def activation_profile(model: BDH, *, tokens: int = 256, seed: int = 0) -> ActivationProfile:
+    """Measure the densities on `tokens` random bytes through the parallel form."""
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, model.config.vocab_size, (1, tokens), generator=generator)
+    counts = torch.zeros(4, dtype=torch.float64)  # neurons, active, active pairs, products
+
+    def observe(xs: torch.Tensor, ys: torch.Tensor) -> None:
+        active = xs > 0  # (B, nh, T, N)
+        pairs = active[..., 0::2] | active[..., 1::2]
+        counts.add_(
+            torch.tensor(
+                [active.numel(), active.sum(), pairs.sum(), (active & (ys > 0)).sum()],
+                dtype=torch.float64,
+            )
+        )
+
+    model(idx.to(model.lm_head.device), observe=observe)
+    total, active, pairs, products = counts.tolist()
+    return ActivationProfile(
+        neuron_density=active / total,
+        pair_density=2 * pairs / total,
+        product_density=products / total,
+        tokens=tokens,
+    )
+
+
+@dataclass(frozen=True)
+class StepTraffic:
+    """Bytes one decode step of `batch` sequences moves, and the footprint it reuses."""
+
+    batch: int
+    bytes_per_step: float
+    working_set_bytes: float
+    residency: Residency
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.bytes_per_step / self.batch
+
+
+def decode_traffic(
+    config: BDHConfig,
+    profile: ActivationProfile,
+    *,
+    batch: int,
+    weight_element_bytes: int,
+    cache_bytes: int,
+    skips_zeros: bool = True,
+) -> StepTraffic:
+    """The fused kernel's traffic for one step, from the measured densities.
+
+    Per layer it reads the whole encoder and encoder_v once for the batch (dense products),
+    the decoder rows some sequence of the batch needs (the union, for independent rows), and
+    per sequence it reads and writes the state rows of its active pairs. The embedding rows
+    and the LM head are read once a step. The working set is what a step touches and the next
+    one touches again: the weights it reads and every sequence's active state. When that fits
+    the last-level cache, the row is cache-resident and every access counts; otherwise the
+    states stream from DRAM each step, and the weights count once a step if they alone fit
+    the cache (later layers reuse them), else once per layer. A path that does not skip
+    zeros (`skips_zeros=False`: the PyTorch path) moves the whole state and decoder.
+    """
+    L, nh, D, N, V = (
+        config.n_layer,
+        config.n_head,
+        config.n_embd,
+        config.neurons_per_head,
+        config.vocab_size,
+    )
+    e = weight_element_bytes
+    pairs = profile.pair_density if skips_zeros else 1.0
+    union = 1.0 - (1.0 - profile.product_density) ** batch if skips_zeros else 1.0
+    per_layer_weights = 2 * nh * D * N * e + union * nh * N * D * e
+    step_weights = batch * D * e + D * V * e  # embedding rows, LM head
+    state_rw = 2 * pairs * N * D * STATE_BYTES_PER_FLOAT * nh * L  # per sequence
+    working_set = per_layer_weights + step_weights + batch * state_rw / 2
+    if working_set <= cache_bytes:
+        moved = L * per_layer_weights + step_weights + batch * state_rw
+        return StepTraffic(batch, moved, working_set, "cache")
+    weights_once = per_layer_weights + step_weights <= cache_bytes
+    weights = per_layer_weights + step_weights if weights_once else L * per_layer_weights
+    return StepTraffic(batch, weights + batch * state_rw, working_set, "dram")
+
+
+def prefill_flops(config: BDHConfig, *, batch: int, context: int, chunk: int) -> float:
+    """Floating-point operations of a chunked recurrent prefill of `context` tokens."""
+    nh, D, N, V = config.n_head, config.n_embd, config.neurons_per_head, config.vocab_size
+    total = 0.0
+    for begin in range(0, context, chunk):
+        c = min(chunk, context - begin)
+        layer = (
+            3 * 2 * c * D * nh * N  # x @ encoder, a @ encoder_v, (xs * ys) @ decoder
+            + 2 * nh * c * c * (N + D)  # q q^T and its product with x, within the chunk
+            + 2 * nh * N * c * D * (2 if begin else 1)  # S += q^T x (and q @ S after chunk 0)
+        )
+        total += config.n_layer * layer + 2 * c * D * V
+    return batch * total
+
+
+def parallel_flops(config: BDHConfig, *, batch: int, context: int) -> float:
+    """Floating-point operations of one parallel forward over `context` tokens."""
+    nh, D, N, V = config.n_head, config.n_embd, config.neurons_per_head, config.vocab_size
+    T = context
+    layer = 3 * 2 * T * D * nh * N + 2 * nh * T * T * (N + D)
+    return batch * (config.n_layer * layer + 2 * T * D * V)
+
+
+# The machine --------------------------------------------------------------------------------
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """The largest cache of CPU 0 (Linux sysfs), else a common size."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip().upper()
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=DEFAULT_LLC_BYTES)
+
+
+def _best_time(run: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """The fastest of `repeats` runs: a limit is what the machine can do, and load on a shared
+    machine only ever slows a run down."""
+    timings = []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        run()
+        _sync(device)
+        timings.append(time.perf_counter() - started)
+    return max(min(timings), 1e-12)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, *, footprint_bytes: int, repeats: int = 7) -> float:
+    """Bytes/s of a tensor copy whose source and target together take `footprint_bytes`
+    (so it moves that many bytes: each read once and written once)."""
+    n = max(1024, footprint_bytes // 8)
+    source = torch.ones(n, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)  # first touch: page faults stay out of the timing
+    seconds = _best_time(lambda: target.copy_(source), repeats, device)
+    return 2 * n * 4 / seconds
+
+
+def read_bandwidth(device: torch.device, *, footprint_bytes: int, repeats: int = 7) -> float:
+    """Bytes/s of summing a float32 buffer of `footprint_bytes` (a pure read)."""
+    n = max(1024, footprint_bytes // 4)
+    source = torch.ones(n, dtype=torch.float32, device=device)
+    source.sum()
+    return n * 4 / _best_time(source.sum, repeats, device)
+
+
+def matmul_peak(device: torch.device, *, size: int = 1024, repeats: int = 7) -> float:
+    """FLOP/s of a float32 (size x size) @ (size x size) product: the compute roofline."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    return 2 * size**3 / _best_time(lambda: a @ b, repeats, device)
+
+
+@dataclass
+class MachineLimits:
+    """The limits a benchmark run measures once, beside its rows."""
+
+    device: torch.device
+    cache_bytes: int
+    dram_copy_bytes_s: float
+    dram_read_bytes_s: float
+    matmul_flop_s: float
+    _cache_copy: dict[int, float]
+
+    @classmethod
+    def measure(cls, device: torch.device, *, dram_footprint_bytes: int = 0) -> MachineLimits:
+        cache = last_level_cache_bytes() if device.type == "cpu" else _gpu_cache_bytes(device)
+        footprint = max(dram_footprint_bytes, 8 * cache)
+        return cls(
+            device=device,
+            cache_bytes=cache,
+            dram_copy_bytes_s=copy_bandwidth(device, footprint_bytes=footprint, repeats=5),
+            dram_read_bytes_s=read_bandwidth(device, footprint_bytes=footprint, repeats=5),
+            matmul_flop_s=matmul_peak(device),
+            _cache_copy={},
+        )
+
+    @property
+    def dram_bytes_s(self) -> float:
+        """The better of the two DRAM figures: a kernel may beat a copy by reading more."""
+        return max(self.dram_copy_bytes_s, self.dram_read_bytes_s)
+
+    def bandwidth_for(self, traffic: StepTraffic) -> float:
+        """The bandwidth a row of this traffic is held against (bytes/s)."""
+        if traffic.residency == "dram":
+            return self.dram_bytes_s
+        # A copy of the row's own footprint, rounded to a power of two so rows share it.
+        size = 1 << max(16, int(traffic.working_set_bytes).bit_length())
+        size = min(size, self.cache_bytes)
+        if size not in self._cache_copy:
+            self._cache_copy[size] = copy_bandwidth(self.device, footprint_bytes=size)
+        return self._cache_copy[size]
+
+
+def _gpu_cache_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or (
+            DEFAULT_LLC_BYTES
+        )
+    return DEFAULT_LLC_BYTES
