@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from rich.console import Console
 
 from benchmark_api import make_bench
+from benchmark_api.roofline import MachineLimits
 from core.engine import LanguageModel, kernels
 from tests.engine.conftest import nano_model
 
@@ -18,10 +20,27 @@ def test_decode_vs_batch_compares_both_kernels_and_restores_the_choice(
     monkeypatch.setattr(make_bench, "console", console)
     monkeypatch.setenv(kernels.KERNEL_ENV, "auto")
     lm = LanguageModel("nano", nano_model(scale=5.0), {})
-    make_bench.decode_vs_batch(lm, [1, 2], context=8, new_tokens=2, rounds=2)
+    limits = MachineLimits.measure(torch.device("cpu"), dram_footprint_bytes=2**26)
+    make_bench.decode_vs_batch(lm, [1, 2], context=8, new_tokens=2, limits=limits, rounds=2)
     rows = [line for line in console.export_text().splitlines() if "│" in line]
-    kernels_seen = {line.split("│")[1].strip() for line in rows}
-    assert kernels_seen == {"torch", "fused"}
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in rows]
+    assert {row[0] for row in cells} == {"torch", "fused"}
     assert len(rows) == 4  # two kernels x two batch sizes
-    assert all(float(line.split("│")[6].strip().rstrip("x")) > 0 for line in rows)
+    assert all(float(row[4].rstrip("x")) > 0 for row in cells)  # vs torch
+    assert all(row[5] == "cache" for row in cells)  # bdh-nano's states fit any cache
+    assert all(0 <= float(row[7].rstrip("%")) <= 100 for row in cells)  # the roofline, rounded
     assert kernels.selected_kernel() == "auto"
+
+
+def test_prefill_vs_parallel_reports_both_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(make_bench, "console", console)
+    lm = LanguageModel("nano", nano_model(scale=5.0), {})
+    limits = MachineLimits.measure(torch.device("cpu"), dram_footprint_bytes=2**26)
+    make_bench.prefill_vs_parallel(lm, [16, 64], limits, rounds=1)
+    rows = [line for line in console.export_text().splitlines() if "│" in line]
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in rows]
+    assert [row[0] for row in cells] == ["16", "64"]
+    for row in cells:
+        prefill, parallel, ratio = float(row[1]), float(row[2]), float(row[3].rstrip("x"))
+        assert ratio == pytest.approx(prefill / parallel, abs=0.01 + 0.05 * ratio)
