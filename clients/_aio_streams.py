@@ -19,9 +19,9 @@ WS_MAX_MESSAGE = 16 * 2**20
 
 
 async def text_pieces(
-    response: aiohttp.ClientResponse, label: str, *, chat: bool
+    response: aiohttp.ClientResponse, label: str, text: TextStream
 ) -> AsyncIterator[str]:
-    decoder, text = SSEDecoder(), TextStream(chat=chat)
+    decoder = SSEDecoder()
     try:
         async for raw in response.content:
             payload = decoder.feed(raw.decode("utf-8").rstrip("\n"))

@@ -307,6 +307,9 @@ class BaseClient:
     def _health_call(self) -> Call[Health]:
         return Call("GET", "/health", Health.model_validate)
 
+    def _info_call(self) -> Call[dict[str, Any]]:
+        return Call("GET", "/info", dict)
+
     def _models_call(self) -> Call[list[ModelCard]]:
         def parse(data: dict[str, Any]) -> list[ModelCard]:
             return [ModelCard.model_validate(card) for card in data.get("data", [])]

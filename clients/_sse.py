@@ -8,7 +8,7 @@ happens after the stream started arrives as ``data: {"error": {...}}`` and is ra
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from clients.errors import HatcheryError, ServerError
@@ -83,3 +83,56 @@ class TextStream:
                 yield (choice.get("delta") or {}).get("content") or ""
             else:
                 yield choice.get("text") or ""
+
+
+class StreamedText(Iterator[str]):
+    """What ``complete``/``chat`` with ``stream=True`` return: an iterator of text pieces.
+
+    Once the stream has ended, ``usage`` holds the server's token counts (when the request
+    asked for them with ``stream_options={"include_usage": True}``) and ``finish_reasons`` the
+    reason each choice ended; ``close()`` drops the connection, which aborts the generation.
+    """
+
+    def __init__(self, pieces: Iterator[str], stream: TextStream) -> None:
+        self._pieces = pieces
+        self._stream = stream
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._stream.usage
+
+    @property
+    def finish_reasons(self) -> dict[int, str]:
+        return self._stream.finish_reasons
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+
+class AsyncStreamedText(AsyncIterator[str]):
+    """The async twin of `StreamedText`."""
+
+    def __init__(self, pieces: AsyncIterator[str], stream: TextStream) -> None:
+        self._pieces = pieces
+        self._stream = stream
+
+    async def __anext__(self) -> str:
+        return await anext(self._pieces)
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._stream.usage
+
+    @property
+    def finish_reasons(self) -> dict[int, str]:
+        return self._stream.finish_reasons
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -18,8 +18,8 @@ from clients.models import InteractiveEvent
 WS_MAX_MESSAGE = 16 * 2**20
 
 
-def text_pieces(response: httpx.Response, label: str, *, chat: bool) -> Iterator[str]:
-    decoder, text = SSEDecoder(), TextStream(chat=chat)
+def text_pieces(response: httpx.Response, label: str, text: TextStream) -> Iterator[str]:
+    decoder = SSEDecoder()
     try:
         for line in response.iter_lines():
             payload = decoder.feed(line)

@@ -37,6 +37,7 @@ from clients._base import (
 )
 from clients._follow import EventCursor
 from clients._progress import RunProgress, on_terminal
+from clients._sse import AsyncStreamedText, TextStream
 from clients.errors import error_from_response, ws_handshake_error
 from clients.models import (
     ChatCompletion,
@@ -271,6 +272,10 @@ class AsyncApiClient(BaseClient):
     async def health(self) -> Health:
         return await self._send(self._health_call())
 
+    async def info(self) -> dict[str, Any]:
+        """``/info``: versions, the default model, the models, components and features."""
+        return await self._send(self._info_call())
+
     async def models(self) -> list[ModelCard]:
         return await self._send(self._models_call())
 
@@ -282,11 +287,11 @@ class AsyncApiClient(BaseClient):
     @overload
     async def complete(
         self, model: str, prompt: Any, *, stream: Literal[True], **params: Any
-    ) -> AsyncIterator[str]: ...
+    ) -> AsyncStreamedText: ...
 
     async def complete(
         self, model: str, prompt: Any, *, stream: bool = False, **params: Any
-    ) -> Completion | AsyncIterator[str]:
+    ) -> Completion | AsyncStreamedText:
         """``/v1/completions``; ``stream=True`` gives an async iterator of text pieces."""
         call = self._completion_call(model, prompt, params, stream=stream)
         if stream:
@@ -301,11 +306,11 @@ class AsyncApiClient(BaseClient):
     @overload
     async def chat(
         self, model: str, messages: Messages, *, stream: Literal[True], **params: Any
-    ) -> AsyncIterator[str]: ...
+    ) -> AsyncStreamedText: ...
 
     async def chat(
         self, model: str, messages: Messages, *, stream: bool = False, **params: Any
-    ) -> ChatCompletion | AsyncIterator[str]:
+    ) -> ChatCompletion | AsyncStreamedText:
         """``/v1/chat/completions``; ``stream=True`` gives an async iterator of text pieces."""
         call = self._chat_call(model, messages, params, stream=stream)
         if stream:
@@ -392,10 +397,11 @@ class AsyncApiClient(BaseClient):
                 raise error_from_response(status, content, headers, reason=response.reason or "")
             await asyncio.sleep(delay)
 
-    async def _stream_text(self, call: Call[Any], *, chat: bool) -> AsyncIterator[str]:
+    async def _stream_text(self, call: Call[Any], *, chat: bool) -> AsyncStreamedText:
         # Opened now, so that a refused request raises here, before iteration starts.
         response, _ = await self._request(call, stream=True)
-        return text_pieces(response, call.label, chat=chat)
+        text = TextStream(chat=chat)
+        return AsyncStreamedText(text_pieces(response, call.label, text), text)
 
     async def _monitor(
         self, component: str, run_id: str, poll_interval: float, timeout: float | None, show: bool

@@ -31,6 +31,7 @@ from clients._base import (
 )
 from clients._follow import EventCursor
 from clients._progress import RunProgress, on_terminal
+from clients._sse import StreamedText, TextStream
 from clients._sync_streams import (
     WS_MAX_MESSAGE,
     interactive_events,
@@ -256,6 +257,10 @@ class ApiClient(BaseClient):
     def health(self) -> Health:
         return self._send(self._health_call())
 
+    def info(self) -> dict[str, Any]:
+        """``/info``: versions, the default model, the models, components and features."""
+        return self._send(self._info_call())
+
     def models(self) -> list[ModelCard]:
         return self._send(self._models_call())
 
@@ -267,11 +272,11 @@ class ApiClient(BaseClient):
     @overload
     def complete(
         self, model: str, prompt: Any, *, stream: Literal[True], **params: Any
-    ) -> Iterator[str]: ...
+    ) -> StreamedText: ...
 
     def complete(
         self, model: str, prompt: Any, *, stream: bool = False, **params: Any
-    ) -> Completion | Iterator[str]:
+    ) -> Completion | StreamedText:
         """``/v1/completions``; ``stream=True`` yields the text as it is generated."""
         call = self._completion_call(model, prompt, params, stream=stream)
         if stream:
@@ -286,11 +291,11 @@ class ApiClient(BaseClient):
     @overload
     def chat(
         self, model: str, messages: Messages, *, stream: Literal[True], **params: Any
-    ) -> Iterator[str]: ...
+    ) -> StreamedText: ...
 
     def chat(
         self, model: str, messages: Messages, *, stream: bool = False, **params: Any
-    ) -> ChatCompletion | Iterator[str]:
+    ) -> ChatCompletion | StreamedText:
         """``/v1/chat/completions``; ``stream=True`` yields the reply as it is generated."""
         call = self._chat_call(model, messages, params, stream=stream)
         if stream:
@@ -368,10 +373,11 @@ class ApiClient(BaseClient):
                 raise error_from_response(status, content, headers)
             time.sleep(delay)
 
-    def _stream_text(self, call: Call[Any], *, chat: bool) -> Iterator[str]:
+    def _stream_text(self, call: Call[Any], *, chat: bool) -> StreamedText:
         # Opened now, so that a refused request raises here, before iteration starts.
         response = self._request(call, stream=True)
-        return text_pieces(response, call.label, chat=chat)
+        text = TextStream(chat=chat)
+        return StreamedText(text_pieces(response, call.label, text), text)
 
     def _monitor(
         self, component: str, run_id: str, poll_interval: float, timeout: float | None, show: bool

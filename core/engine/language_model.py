@@ -10,7 +10,7 @@ exists as the benchmark baseline.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, Literal
 
 import torch
@@ -22,6 +22,30 @@ from .tokenizer import ByteTokenizer
 
 Mode = Literal["recurrent", "recompute"]
 PREFILL_CHUNK = 256
+
+
+class CompletionStream(Iterator[str]):
+    """The text pieces of one streamed completion; ``output`` once the stream is exhausted."""
+
+    def __init__(
+        self, sequence: SequenceDecoder, steps: Generator[tuple[SequenceDecoder, str], None, None]
+    ) -> None:
+        self._sequence = sequence
+        self._steps = steps
+        self.output: CompletionOutput | None = None
+
+    def __next__(self) -> str:
+        for _, delta in self._steps:
+            if delta:
+                return delta
+        self.output = self._sequence.output()
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop generating; ``output`` then holds what was generated so far."""
+        self._steps.close()
+        if self.output is None:
+            self.output = self._sequence.output()
 
 
 class LanguageModel:
@@ -79,15 +103,17 @@ class LanguageModel:
 
     def stream(
         self, prompt: str, params: SamplingParams | None = None, mode: Mode = "recurrent"
-    ) -> Iterator[str]:
-        """Text pieces of one completion as they become final (UTF-8 safe, stops held back)."""
+    ) -> CompletionStream:
+        """Text pieces of one completion as they become final (UTF-8 safe, stops held back).
+
+        The returned iterator also tells, once exhausted, the whole `CompletionOutput` (token
+        counts, finish reason) as ``.output``; closing it early stops the generation.
+        """
         params = params or SamplingParams()
         if params.n != 1:
             raise ValueError("stream() produces one choice; use complete() for n > 1")
         sequences = self._sequences([prompt], params)
-        for _, delta in self._run(sequences, mode):
-            if delta:
-                yield delta
+        return CompletionStream(sequences[0], self._run(sequences, mode))
 
     # ----------------------------------------------------------------------------------------
 
@@ -106,7 +132,7 @@ class LanguageModel:
     @torch.no_grad()
     def _run(
         self, sequences: list[SequenceDecoder], mode: Mode
-    ) -> Iterator[tuple[SequenceDecoder, str]]:
+    ) -> Generator[tuple[SequenceDecoder, str], None, None]:
         if mode == "recompute":
             yield from self._run_recompute(sequences)
             return
@@ -149,7 +175,7 @@ class LanguageModel:
 
     def _run_recompute(
         self, sequences: list[SequenceDecoder]
-    ) -> Iterator[tuple[SequenceDecoder, str]]:
+    ) -> Generator[tuple[SequenceDecoder, str], None, None]:
         while True:
             pending = [s for s in sequences if not s.finished]
             if not pending:
