@@ -155,3 +155,16 @@ def test_top_logprobs_always_include_the_chosen_token() -> None:
     logprobs = completion_logprobs([entry, None], [ord("z"), ord("y")], OffsetTracker())
     assert logprobs.top_logprobs[0] == {"a": -0.1, "z": -5.0}
     assert logprobs.token_logprobs == [-5.0, None] and logprobs.top_logprobs[1] is None
+
+
+def test_the_readme_names_every_accepted_field() -> None:
+    from pathlib import Path
+
+    from generator_api.openai_protocol import StreamOptions
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for model in (CompletionRequest, ChatCompletionRequest):
+        for name in model.model_fields:
+            assert f"`{name}`" in readme, f"{model.__name__}.{name} is not in the README"
+    for name in StreamOptions.model_fields:
+        assert f"`stream_options.{name}`" in readme
