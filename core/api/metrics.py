@@ -32,7 +32,6 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.api.middleware import PUBLIC_PATH_KEY
-from core.engine.scheduler import EngineObserver
 from core.store.db import Store
 from core.store.models import Run
 
@@ -61,12 +60,14 @@ def runs_by_status(store: Store, *, owner: str | None = None) -> dict[tuple[str,
     return {(row[0], row[1]): int(row[2]) for row in rows}
 
 
-class EngineMetrics(EngineObserver):
+class EngineMetrics:
     """The engine observer: scheduler callbacks -> histograms and counters (thread-safe).
 
     Every series carries vLLM's ``model_name`` label; the engine binds each model's scheduler
-    to its own children through `for_model`. Generated tokens are counted for every request,
-    aborted ones included, and every choice that ends is counted by its finish reason.
+    to its own children through `for_model` (a ``core.engine.engine.PerModelObserver``; the
+    observers are duck-typed so that this module, imported by every app, never loads torch).
+    Generated tokens are counted for every request, aborted ones included, and every choice
+    that ends is counted by its finish reason.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -112,11 +113,11 @@ class EngineMetrics(EngineObserver):
             registry=registry,
         )
 
-    def for_model(self, model: str) -> EngineObserver:
+    def for_model(self, model: str) -> _ModelMetrics:
         return _ModelMetrics(self, model)
 
 
-class _ModelMetrics(EngineObserver):
+class _ModelMetrics:
     """`EngineMetrics` with the model's label bound, for one scheduler."""
 
     def __init__(self, metrics: EngineMetrics, model: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -31,6 +31,13 @@ if TYPE_CHECKING:
     from core.config import Settings
 
 logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class PerModelObserver(Protocol):
+    """An observer that hands each model's scheduler its own (the metrics' per-model labels)."""
+
+    def for_model(self, model: str) -> EngineObserver: ...
 
 
 class Engine:
@@ -84,7 +91,7 @@ class Engine:
                 prefill_budget=self.prefill_budget,
                 observer=(
                     self.observer.for_model(model_name)
-                    if isinstance(self.observer, EngineObserver)
+                    if isinstance(self.observer, PerModelObserver)
                     else self.observer
                 ),
                 lanes=decode_lanes(lm),

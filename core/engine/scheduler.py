@@ -93,11 +93,9 @@ class EngineObserver:
     Any object with some of these methods works as well. Exceptions are logged and ignored.
     `on_finish` is called for requests that end normally (stop or length), not for aborted or
     failed ones; `on_request_end` for every request, however it ended, with each choice's
-    finish reason. The engine gives each model's scheduler ``observer.for_model(name)``.
+    finish reason. An observer with ``for_model(name)`` (`engine.PerModelObserver`) gives
+    the engine one observer per model's scheduler.
     """
-
-    def for_model(self, model: str) -> EngineObserver:
-        return self
 
     def on_first_token(self, ttft_s: float) -> None: ...
 
