@@ -64,8 +64,8 @@ class EngineMetrics:
     """The engine observer: scheduler callbacks -> histograms and counters (thread-safe).
 
     Every series carries vLLM's ``model_name`` label; the engine binds each model's scheduler
-    to its own children through `for_model` (a ``core.engine.engine.PerModelObserver``; the
-    observers are duck-typed so that this module, imported by every app, never loads torch).
+    to its own children through `for_model` (a ``core.engine.engine.PerModelObserver``;
+    observers are duck-typed, as the scheduler takes any object with some of its callbacks).
     Generated tokens are counted for every request, aborted ones included, and every choice
     that ends is counted by its finish reason.
     """
