@@ -40,7 +40,7 @@ test: setup tools
 
 bench: setup
 	$(PY) -m benchmark_api.make_bench --threads 1
-	$(PY) -m generator_api.serving_bench
+	$(PY) -m benchmark_api.make_serving_bench
 	$(PY) -m benchmark_api.scaleout_bench
 
 lint: setup

@@ -1,18 +1,17 @@
 """`make bench`, serving section: concurrent streaming clients against a real server.
 
-    python -m generator_api.serving_bench [--model bdh-shakespeare] [--levels 1,4,16]
+    python -m benchmark_api.make_serving_bench [--model bdh-shakespeare] [--levels 1,4,16]
         [--rounds 5] [--quick]
 
 Starts the Generator (uvicorn, a subprocess, its own SQLite store in a temporary directory) on
-the shipped model, then for each concurrency level runs that many clients, each streaming
-`--requests` completions of `--max-tokens` tokens from `/v1/completions` one after another.
-The levels take turns, `--rounds` times over. Reported per level: aggregate output tokens/s
-(all completion tokens / wall time; the median over rounds), TTFT and inter-token latency
-(gap between chunks with choices) p50/p99 over all rounds. The clients send and time their
-requests with the Benchmark component's code (`benchmark_api.serving_bench`, on aiohttp).
-While the highest level runs, a separate process polls `/health` and reports its p99 latency,
-next to the same figure taken with the server idle. Every ratio compares numbers measured
-side by side in this run.
+the shipped model, then for each concurrency level runs the Benchmark component's level runner
+(`run_level`): `--requests` streaming completions of `--max-tokens` tokens per client from
+`/v1/completions`, at most one client's worth in flight each. The levels take turns,
+`--rounds` times over. Reported per level: aggregate output tokens/s (the median over rounds
+of `summarize_level`'s figure), TTFT and inter-token latency p50/p99 over all rounds. While the
+highest level runs, a separate process polls `/health` and reports its p99 latency, next to the
+same figure taken with the server idle. Every ratio compares numbers measured side by side in
+this run.
 """
 
 from __future__ import annotations
@@ -24,12 +23,13 @@ import json
 import logging
 import multiprocessing
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -40,7 +40,15 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from benchmark_api.serving_bench import LoadSpec, send_completion
+from benchmark_api.results import LatencyStats, ServingLevel
+from benchmark_api.serving_bench import (
+    LoadSpec,
+    RequestOutcome,
+    latency_stats,
+    probe_endpoint,
+    run_level,
+    summarize_level,
+)
 
 logger = logging.getLogger(__name__)
 # Wide enough for the table when the output is not a terminal (make bench | tee ...).
@@ -48,45 +56,34 @@ console = Console(width=None if sys.stdout.isatty() else 132)
 
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 HEALTH_INTERVAL_S = 0.01
+PROMPTS = ("ROMEO:", "JULIET:", "HAMLET:", "First Citizen:", "KING LEAR:", "MACBETH:")
 
 
 @dataclass
-class LevelResult:
+class LevelRounds:
+    """One concurrency level over the rounds: each round's summary and all outcomes."""
+
     clients: int
-    seconds: float
-    completion_tokens: int = 0
-    requests: int = 0
-    errors: int = 0
-    ttft_s: list[float] = field(default_factory=list)
-    itl_s: list[float] = field(default_factory=list)
+    rounds: list[ServingLevel] = field(default_factory=list)
+    outcomes: list[RequestOutcome] = field(default_factory=list)
     health_s: list[float] = field(default_factory=list)
-    round_rates: list[float] = field(default_factory=list)  # tokens/s of each round
+
+    def add_round(self, outcomes: list[RequestOutcome], duration_s: float) -> None:
+        self.rounds.append(_summary(outcomes, duration_s, self.clients))
+        self.outcomes += outcomes
 
     @property
     def tokens_per_s(self) -> float:
-        """The median over rounds; for a single round, its own rate."""
-        if self.round_rates:
-            return statistics.median(self.round_rates)
-        return self.completion_tokens / self.seconds if self.seconds else 0.0
+        """The median over rounds: a burst of neighbouring load spoils one round, not all."""
+        return statistics.median(r.output_tokens_per_s for r in self.rounds) if self.rounds else 0.0
 
-    def add_round(self, other: LevelResult) -> None:
-        self.seconds += other.seconds
-        self.completion_tokens += other.completion_tokens
-        self.requests += other.requests
-        self.errors += other.errors
-        self.ttft_s += other.ttft_s
-        self.itl_s += other.itl_s
-        self.health_s += other.health_s
-        self.round_rates.append(other.tokens_per_s)
+    def pooled(self) -> ServingLevel:
+        """Every round's requests as one level (for the latency percentiles)."""
+        return _summary(self.outcomes, sum(r.duration_s for r in self.rounds), self.clients)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0..100) by linear interpolation; None without data."""
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[min(98, max(0, round(q) - 1))]
+def _summary(outcomes: list[RequestOutcome], duration_s: float, clients: int) -> ServingLevel:
+    return summarize_level(outcomes, duration_s, concurrency=clients, request_rate=None)
 
 
 # The server ------------------------------------------------------------------------------------
@@ -111,6 +108,8 @@ def serve_subprocess(
         )
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads
+        # A separate process by module path: the server under test shares nothing with the
+        # clients (no GIL, no event loop), and this component imports no other.
         command = [sys.executable, "-m", "uvicorn", "--factory", "generator_api.app:create_app"]
         command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         process = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
@@ -139,8 +138,6 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -150,83 +147,47 @@ def _free_port() -> int:
 # The clients -----------------------------------------------------------------------------------
 
 
-async def _client(
-    session: aiohttp.ClientSession,
-    spec: LoadSpec,
-    index: int,
-    requests: int,
-    result: LevelResult,
-) -> None:
-    """One client: `requests` streaming completions, one after another."""
-    for request in range(requests):
-        prompt = f"{_PROMPTS[(index + request) % len(_PROMPTS)]}\n"
-        outcome = await send_completion(session, spec, prompt, seed=index * 1000 + request)
-        if not outcome.ok:
-            result.errors += 1
-            logger.warning("request failed: %s", outcome.error)
-            continue
-        result.requests += 1
-        result.completion_tokens += outcome.output_tokens
-        result.ttft_s.append(outcome.ttft_s)
-        result.itl_s += outcome.itl_s
-
-
-_PROMPTS = ("ROMEO:", "JULIET:", "HAMLET:", "First Citizen:", "KING LEAR:", "MACBETH:")
-
-
-async def _run_level(url: str, clients: int, args: argparse.Namespace) -> LevelResult:
-    """`clients` concurrent clients on one aiohttp connection pool (the Benchmark
-    component's request code: C-accelerated parsing keeps the client's share of this
-    machine's two cores small, so the server, not the client, is what is measured)."""
-    spec = LoadSpec(
+def _spec(url: str, args: argparse.Namespace) -> LoadSpec:
+    return LoadSpec(
         completions_url=f"{url}/v1/completions",
         model=args.model,
         max_tokens=args.max_tokens,
         temperature=0.8,
         timeout_s=600.0,
     )
-    result = LevelResult(clients=clients, seconds=0.0)
+
+
+async def run_clients(
+    url: str, clients: int, args: argparse.Namespace
+) -> tuple[list[RequestOutcome], float]:
+    """`clients` closed-loop clients, `args.requests` each: the level runner with
+    `clients * requests` requests, all arriving at once, at most `clients` in flight; on one
+    aiohttp connection pool, whose C-accelerated parsing keeps the client's share of the CPU
+    small, so the server, not the client, is what is measured."""
+    count = clients * args.requests
+    prompts = [f"{PROMPTS[i % len(PROMPTS)]}\n" for i in range(count)]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(_client(session, spec, i, args.requests, result) for i in range(clients))
+        return await run_level(
+            session,
+            _spec(url, args),
+            prompts,
+            concurrency=clients,
+            request_rate=None,
+            seed=clients * 1000,
+            should_stop=lambda: False,
         )
-        result.seconds = time.perf_counter() - started
-    return result
 
 
-def probe_health(url: str, stop: Event, results: Any) -> None:
-    """In its own process: GET /health every 10 ms until `stop`; put the latencies."""
-    latencies = []
+async def warm_up(url: str, args: argparse.Namespace) -> None:
+    async with aiohttp.ClientSession() as session:
+        await probe_endpoint(session, _spec(url, args), f"{PROMPTS[0]}\n", seed=0)
+
+
+def health_latencies(url: str, more: Callable[[int], bool]) -> list[float]:
+    """GET /health every 10 ms while `more(samples so far)`; the latencies (s)."""
+    latencies: list[float] = []
     with httpx.Client(base_url=url, timeout=10) as client:
-        while not stop.is_set():
-            started = time.perf_counter()
-            client.get("/health").raise_for_status()
-            latencies.append(time.perf_counter() - started)
-            time.sleep(HEALTH_INTERVAL_S)
-    results.put(latencies)
-
-
-def measure_level(url: str, clients: int, args: argparse.Namespace, probe: bool) -> LevelResult:
-    if not probe:
-        return asyncio.run(_run_level(url, clients, args))
-    context = multiprocessing.get_context("spawn")
-    stop, queue = context.Event(), context.Queue()
-    prober = context.Process(target=probe_health, args=(url, stop, queue), daemon=True)
-    prober.start()
-    try:
-        result = asyncio.run(_run_level(url, clients, args))
-    finally:
-        stop.set()
-    result.health_s = queue.get(timeout=30)
-    prober.join(timeout=10)
-    return result
-
-
-def idle_health(url: str, samples: int = 200) -> list[float]:
-    latencies = []
-    with httpx.Client(base_url=url, timeout=10) as client:
-        for _ in range(samples):
+        while more(len(latencies)):
             started = time.perf_counter()
             client.get("/health").raise_for_status()
             latencies.append(time.perf_counter() - started)
@@ -234,44 +195,73 @@ def idle_health(url: str, samples: int = 200) -> list[float]:
     return latencies
 
 
+def _probe_process(url: str, started: Event, stop: Event, results: Any) -> None:
+    """In its own process, so that its timing does not share the clients' GIL. At least one
+    sample, even when the level ends before the first probe returns."""
+    started.set()
+    results.put(health_latencies(url, lambda samples: samples == 0 or not stop.is_set()))
+
+
+def measure_level(url: str, level: LevelRounds, args: argparse.Namespace, probe: bool) -> None:
+    """One round of `level`; with `probe`, /health is polled from another process meanwhile."""
+    if not probe:
+        level.add_round(*asyncio.run(run_clients(url, level.clients, args)))
+        return
+    context = multiprocessing.get_context("spawn")
+    started, stop, queue = context.Event(), context.Event(), context.Queue()
+    prober = context.Process(target=_probe_process, args=(url, started, stop, queue), daemon=True)
+    prober.start()
+    # The load starts once the prober runs: spawning it takes longer than a short level.
+    if not started.wait(timeout=60):
+        raise RuntimeError("the /health prober did not start")
+    try:
+        outcomes, duration = asyncio.run(run_clients(url, level.clients, args))
+    finally:
+        stop.set()
+    level.health_s += queue.get(timeout=30)
+    prober.join(timeout=10)
+    level.add_round(outcomes, duration)
+
+
 # Report -----------------------------------------------------------------------------------------
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.1f}"
+    return "-" if value is None else f"{value:.1f}"
 
 
-def report(results: list[LevelResult], idle: list[float], args: argparse.Namespace) -> None:
+def report(levels: list[LevelRounds], idle: LatencyStats, args: argparse.Namespace) -> None:
     table = Table(
         title=f"Serving: concurrent streaming clients ({args.model}, {args.max_tokens} tokens "
         f"per request, {args.requests} requests per client, {args.rounds} rounds; output tok/s "
         "is the median over rounds; latencies in ms, over all rounds)"
     )
-    base_column = f"vs {results[0].clients}"
+    base_column = f"vs {levels[0].clients}"
     columns = ["clients", "requests", "errors", "output tok/s", base_column, "TTFT p50"]
     columns += ["TTFT p99", "ITL p50", "ITL p99", "/health p99"]
     for column in columns:
         table.add_column(column, justify="right")
-    base = results[0].tokens_per_s or 1.0
-    for r in results:
+    base = levels[0].tokens_per_s or 1.0
+    for level in levels:
+        pooled = level.pooled()
         table.add_row(
-            str(r.clients),
-            str(r.requests),
-            str(r.errors),
-            f"{r.tokens_per_s:,.0f}",
-            f"{r.tokens_per_s / base:.2f}x",
-            _ms(percentile(r.ttft_s, 50)),
-            _ms(percentile(r.ttft_s, 99)),
-            _ms(percentile(r.itl_s, 50)),
-            _ms(percentile(r.itl_s, 99)),
-            _ms(percentile(r.health_s, 99)),
+            str(level.clients),
+            str(pooled.completed),
+            str(pooled.errors),
+            f"{level.tokens_per_s:,.0f}",
+            f"{level.tokens_per_s / base:.2f}x",
+            _ms(pooled.ttft_ms.p50),
+            _ms(pooled.ttft_ms.p99),
+            _ms(pooled.itl_ms.p50),
+            _ms(pooled.itl_ms.p99),
+            _ms(latency_stats(level.health_s).p99),
         )
     console.print(table)
-    top = results[-1]
+    top = levels[-1]
     console.print(
         f"{top.clients} streams: {top.tokens_per_s / base:.2f}x the aggregate output tokens/s "
-        f"of {results[0].clients}; /health p99 {_ms(percentile(top.health_s, 99))} ms under "
-        f"load ({len(top.health_s)} probes), {_ms(percentile(idle, 99))} ms idle"
+        f"of {levels[0].clients}; /health p99 {_ms(latency_stats(top.health_s).p99)} ms under "
+        f"load ({len(top.health_s)} probes), {_ms(idle.p99)} ms idle"
     )
 
 
@@ -299,28 +289,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    levels = [int(level) for level in args.levels.split(",")]
+    counts = [int(level) for level in args.levels.split(",")]
     if not (args.models_dir / args.model / "model.safetensors").is_file():
         console.print(f"[red]no model {args.model!r} in {args.models_dir}[/red]")
         raise SystemExit(1)
     port = args.port or _free_port()
     with serve_subprocess(
-        args.model, args.models_dir, port, args.threads or None, max(levels)
+        args.model, args.models_dir, port, args.threads or None, max(counts)
     ) as url:
         console.print(
             f"[bold]serving benchmark[/bold]: {args.model} at {url}, torch threads in the "
             f"server: {args.threads or 'default'}, {os.cpu_count()} CPUs"
         )
-        asyncio.run(_run_level(url, 1, argparse.Namespace(**{**vars(args), "requests": 1})))
-        idle = idle_health(url)
-        results = [LevelResult(clients=n, seconds=0.0) for n in levels]
+        asyncio.run(warm_up(url, args))
+        idle = latency_stats(health_latencies(url, lambda samples: samples < 200))
+        levels = [LevelRounds(clients=n) for n in counts]
         # Levels alternate within each round and the report takes medians over rounds, so
         # the machine's drifts and neighbours' bursts hit every level alike.
         for _ in range(args.rounds):
-            for result in results:
-                top = result.clients == max(levels)
-                result.add_round(measure_level(url, result.clients, args, probe=top))
-    report(results, idle, args)
+            for level in levels:
+                measure_level(url, level, args, probe=level.clients == max(counts))
+    report(levels, idle, args)
 
 
 if __name__ == "__main__":

@@ -292,6 +292,18 @@ def summarize_level(
     )
 
 
+async def probe_endpoint(
+    session: aiohttp.ClientSession, spec: LoadSpec, prompt: str, seed: int
+) -> None:
+    """One request that must succeed: it warms the endpoint (a lazily loaded model) and turns
+    an unusable endpoint into one clear `EndpointError` instead of a table of failures."""
+    outcome = await send_completion(session, spec, prompt, seed)
+    if not outcome.ok:
+        raise EndpointError(
+            f"the endpoint {spec.completions_url} failed a first request: {outcome.error}"
+        )
+
+
 async def run_levels(
     spec: LoadSpec,
     levels: Sequence[tuple[int | None, float | None]],
@@ -306,19 +318,14 @@ async def run_levels(
 ) -> list[ServingLevel]:
     """Every level in turn on one connection pool; `on_level` sees each as it finishes.
 
-    With `probe`, one request is sent first: it warms the endpoint (a lazily loaded model)
-    and turns an unusable endpoint into one clear error instead of a table of failures.
+    With `probe`, `probe_endpoint` sends one request first.
     """
     prompts = make_prompts(num_requests, prompt_bytes, seed)
     connector = aiohttp.TCPConnector(limit=0)
     results: list[ServingLevel] = []
     async with aiohttp.ClientSession(connector=connector) as session:
         if probe:
-            outcome = await send_completion(session, spec, prompts[0], seed)
-            if not outcome.ok:
-                raise EndpointError(
-                    f"the endpoint {spec.completions_url} failed a first request: {outcome.error}"
-                )
+            await probe_endpoint(session, spec, prompts[0], seed)
         for index, (concurrency, rate) in enumerate(levels):
             outcomes, duration = await run_level(
                 session,

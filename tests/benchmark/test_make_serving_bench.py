@@ -1,33 +1,79 @@
-"""The serving benchmark's client side, against the real test server (tiny sizes)."""
+"""`make bench`'s serving script, client side, against a real Generator server (tiny sizes)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 
-from generator_api.serving_bench import _run_level, idle_health, parse_args, percentile
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from benchmark_api.make_serving_bench import (
+    LevelRounds,
+    health_latencies,
+    measure_level,
+    parse_args,
+    report,
+    run_clients,
+    warm_up,
+)
+from benchmark_api.serving_bench import latency_stats
+from generator_api.app import create_app as create_generator
+from tests.conftest import NANO_MODEL, engine_settings
+from tests.support.poll import poll_until
 from tests.support.server import LiveServer
 
-from .conftest import MODEL
 
-
-def test_percentiles() -> None:
-    assert percentile([], 50) is None
-    assert percentile([3.0], 99) == 3.0
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50.5  # linear interpolation between 50 and 51
-    assert percentile(values, 99) == 99.01
+@pytest.fixture
+def generator(
+    live_server: Callable[[FastAPI], LiveServer], sqlite_url: str, models_dir: Path
+) -> LiveServer:
+    server = live_server(create_generator(engine_settings(sqlite_url, models_dir)))
+    poll_until(
+        lambda: httpx.get(f"{server.url}/ready").status_code,
+        lambda status: status == 200,
+        timeout=60,
+        what="the Generator's /ready",
+    )
+    return server
 
 
 def test_options() -> None:
     args = parse_args(["--quick", "--levels", "1,2"])
     assert args.requests == 1 and args.max_tokens == 64 and args.levels == "1,2"
+    assert args.rounds == 1
 
 
-async def test_clients_count_tokens_and_latencies(server: LiveServer) -> None:
-    args = argparse.Namespace(model=MODEL, requests=2, max_tokens=8)
-    result = await _run_level(server.url, 3, args)
-    assert result.errors == 0 and result.requests == 6
-    assert result.completion_tokens == 6 * 8  # from the usage chunks
-    assert len(result.ttft_s) == 6 and all(t > 0 for t in result.ttft_s)
-    assert result.itl_s and result.tokens_per_s > 0
-    assert len(idle_health(server.url, samples=3)) == 3
+async def test_clients_count_tokens_and_latencies(generator: LiveServer) -> None:
+    args = argparse.Namespace(model=NANO_MODEL, requests=2, max_tokens=8)
+    await warm_up(generator.url, args)
+    level = LevelRounds(clients=3)
+    level.add_round(*await run_clients(generator.url, 3, args))
+    level.add_round(*await run_clients(generator.url, 3, args))
+    pooled = level.pooled()
+    assert pooled.errors == 0 and pooled.completed == 12
+    assert pooled.output_tokens == 12 * 8  # from the usage chunks
+    assert pooled.ttft_ms.count == 12
+    assert pooled.ttft_ms.min is not None and pooled.ttft_ms.min > 0
+    # A gap between chunks; a chunk may carry several tokens when the server is busy.
+    assert 0 < pooled.itl_ms.count <= 12 * 7
+    assert len(level.rounds) == 2 and level.tokens_per_s > 0
+    rates = [r.output_tokens_per_s for r in level.rounds]
+    assert level.tokens_per_s == pytest.approx(sum(rates) / 2)  # the median of two rounds
+
+
+def test_health_probe_under_load_and_the_report(
+    generator: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = argparse.Namespace(model=NANO_MODEL, requests=1, max_tokens=8, rounds=1)
+    idle = latency_stats(health_latencies(generator.url, lambda samples: samples < 3))
+    assert idle.count == 3
+    level = LevelRounds(clients=2)
+    measure_level(generator.url, level, args, probe=True)
+    assert level.health_s and all(latency > 0 for latency in level.health_s)
+    assert level.pooled().completed == 2
+    report([level], idle, args)
+    printed = capsys.readouterr().out
+    assert "2 streams: 1.00x" in printed and f"({len(level.health_s)} probes)" in printed
