@@ -23,9 +23,7 @@ import json
 import logging
 import multiprocessing
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from benchmark_api.generator_process import REPO_ROOT, generator_process
 from benchmark_api.results import LatencyStats, ServingLevel
 from benchmark_api.serving_bench import (
     LoadSpec,
@@ -54,7 +53,7 @@ logger = logging.getLogger(__name__)
 # Wide enough for the table when the output is not a terminal (make bench | tee ...).
 console = Console(width=None if sys.stdout.isatty() else 132)
 
-REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+REPO_MODELS = REPO_ROOT / "models"
 HEALTH_INTERVAL_S = 0.01
 PROMPTS = ("ROMEO:", "JULIET:", "HAMLET:", "First Citizen:", "KING LEAR:", "MACBETH:")
 
@@ -93,55 +92,20 @@ def _summary(outcomes: list[RequestOutcome], duration_s: float, clients: int) ->
 def serve_subprocess(
     model: str, models_dir: Path, port: int, threads: int | None, max_batch: int
 ) -> Iterator[str]:
-    """The Generator on 127.0.0.1:`port` in a subprocess; yields its URL once it is ready."""
+    """The Generator in a subprocess with its own SQLite store; yields its URL once ready."""
     with tempfile.TemporaryDirectory(prefix="hatchery-bench-") as tmp:
-        env = dict(os.environ)
-        env.update(
-            {
-                "HATCHERY_MODEL__MODELS_DIR": str(models_dir),
-                "HATCHERY_MODEL__DEFAULT": model,
-                "HATCHERY_MODEL__PRELOAD": json.dumps([model]),
-                "HATCHERY_STORE__URL": f"sqlite:///{tmp}/bench.db",
-                "HATCHERY_DATA_DIR": tmp,
-                "HATCHERY_GENERATION__MAX_BATCH": str(max(max_batch, 1)),
-            }
-        )
+        env = {
+            "HATCHERY_MODEL__MODELS_DIR": str(models_dir),
+            "HATCHERY_MODEL__DEFAULT": model,
+            "HATCHERY_MODEL__PRELOAD": json.dumps([model]),
+            "HATCHERY_STORE__URL": f"sqlite:///{tmp}/bench.db",
+            "HATCHERY_DATA_DIR": tmp,
+            "HATCHERY_GENERATION__MAX_BATCH": str(max(max_batch, 1)),
+        }
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads
-        # A separate process by module path: the server under test shares nothing with the
-        # clients (no GIL, no event loop), and this component imports no other.
-        command = [sys.executable, "-m", "uvicorn", "--factory", "generator_api.app:create_app"]
-        command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-        process = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(url, process)
+        with generator_process(env, port=port) as url:
             yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the server at {url} did not become ready in {timeout} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # The clients -----------------------------------------------------------------------------------
@@ -293,9 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.models_dir / args.model / "model.safetensors").is_file():
         console.print(f"[red]no model {args.model!r} in {args.models_dir}[/red]")
         raise SystemExit(1)
-    port = args.port or _free_port()
     with serve_subprocess(
-        args.model, args.models_dir, port, args.threads or None, max(counts)
+        args.model, args.models_dir, args.port, args.threads or None, max(counts)
     ) as url:
         console.print(
             f"[bold]serving benchmark[/bold]: {args.model} at {url}, torch threads in the "

@@ -25,8 +25,6 @@ import contextlib
 import json
 import os
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +41,9 @@ from rich.console import Console
 from rich.table import Table
 from websockets.sync.client import connect
 
-from benchmark_api.ray_head import REPO_ROOT, free_port, local_ray_head
+from benchmark_api.generator_process import REPO_ROOT, generator_process
+from benchmark_api.ray_head import local_ray_head
+from benchmark_api.serving_bench import latency_stats
 
 console = Console(width=None if sys.stdout.isatty() else 132)
 MODEL = "bdh-shakespeare"
@@ -65,43 +65,8 @@ class Figures:
 
 @contextlib.contextmanager
 def replica(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "--factory", "generator_api.app:create_app",
-        "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
-    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            command, env=os.environ | env | {"PYTHONPATH": path}, cwd=REPO_ROOT,
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process, log)
+    with generator_process(env, log=log) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"replica exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"replica never became ready:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -283,15 +248,11 @@ def run_topology(topology: str, store_url: str, tmp: Path, args: argparse.Namesp
 # Report ---------------------------------------------------------------------------------
 
 
-def _ms(values: list[float], q: float | None) -> str:
-    if not values:
-        return "-"
-    if q is None:
-        return f"{max(values) * 1000:.0f}"
-    if len(values) == 1:
-        return f"{values[0] * 1000:.0f}"
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return f"{cuts[int(q) - 1] * 1000:.0f}"
+def _ms(values: list[float], q: int | None) -> str:
+    """The `q`-th percentile of `values` (s) in ms, or their maximum for None."""
+    stats = latency_stats(values)
+    value = stats.max if q is None else {50: stats.p50, 90: stats.p90, 99: stats.p99}[q]
+    return "-" if value is None else f"{value:.0f}"
 
 
 def report(results: list[Figures], store: str) -> None:
