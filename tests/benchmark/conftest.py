@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 from benchmark_api.app import create_app
 from tests.benchmark.fake_openai import fake_openai_app
 from tests.conftest import engine_settings
+from tests.support.poll import poll_until
 from tests.support.server import LiveServer, serve
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -78,13 +78,14 @@ def wait_for(
     done: Callable[[dict[str, Any]], bool] = lambda run: run["status"] in TERMINAL,
     timeout: float = 120,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        run: dict[str, Any] = client.get(f"/api/benchmark/status/{run_id}").json()
-        if done(run):
-            return run
-        assert time.monotonic() < deadline, f"run never got there: {run}"
-        time.sleep(0.05)
+    run: dict[str, Any] = poll_until(
+        lambda: client.get(f"/api/benchmark/status/{run_id}").json(),
+        done,
+        timeout=timeout,
+        interval=0.05,
+        what=f"run {run_id}",
+    )
+    return run
 
 
 def results(client: httpx.Client, run_id: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from core.api.app import create_base_app, no_engine
 from tests.clients.twins import client_factory
 from tests.conftest import engine_settings, make_settings
+from tests.support.poll import poll_until
 from tests.support.sample_component import SAMPLE
 from tests.support.server import LiveServer, serve
 from unified_api.components import COMPONENTS as REGISTRY
@@ -74,29 +74,16 @@ def submit(server_url: str, component: str, body: dict[str, Any]) -> str:
 
 
 def wait_until(server_url: str, component: str, run_id: str, done: Callable[[dict], bool]) -> dict:
-    deadline = time.monotonic() + 20
-    while True:
-        run: dict[str, Any] = httpx.get(
-            f"{server_url}/api/{component}/status/{run_id}", timeout=10
-        ).json()
-        if done(run):
-            return run
-        assert time.monotonic() < deadline, f"run never got there: {run}"
-        time.sleep(0.02)
+    run: dict[str, Any] = poll_until(
+        lambda: httpx.get(f"{server_url}/api/{component}/status/{run_id}", timeout=10).json(),
+        done,
+        timeout=20,
+        what=f"{component} run {run_id}",
+    )
+    return run
 
 
 # Real components ---------------------------------------------------------------------------
-
-
-def component_available(component: str) -> bool:
-    """Whether the component's app module exists in this checkout."""
-    return REGISTRY[component].installed()
-
-
-def requires(*components: str) -> pytest.MarkDecorator:
-    missing = [name for name in components if not component_available(name)]
-    reason = f"component(s) {', '.join(missing)} not in this checkout yet"
-    return pytest.mark.skipif(bool(missing), reason=reason)
 
 
 def real_settings(base: Path, models_dir: Path, **overrides: Any) -> Any:
@@ -110,8 +97,6 @@ def real_settings(base: Path, models_dir: Path, **overrides: Any) -> Any:
 @pytest.fixture(scope="session")
 def real(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
     """The unified server with every component in this checkout, a real engine, bdh-nano."""
-    if not any(component_available(name) for name in COMPONENTS):
-        pytest.skip("no component is in this checkout yet")
     from unified_api.app import create_app
 
     settings = real_settings(tmp_path_factory.mktemp("real"), models_dir)

@@ -24,6 +24,7 @@ from core.store import crud
 from core.store.db import Store
 from tests.conftest import make_settings
 from tests.core.test_recovery import ServerProcess
+from tests.support.poll import poll_until
 from tests.support.sample_component import create_app
 from tests.support.sample_runs import (
     IDLE_S,
@@ -139,7 +140,6 @@ def ray_env(address: str, **extra: str) -> dict[str, str]:
 
 
 def test_runs_stay_queued_while_ray_is_unreachable(sqlite_url: str, tmp_path: Path) -> None:
-    pytest.importorskip("ray")
     nowhere = f"127.0.0.1:{free_port()}"
     server = ServerProcess(sqlite_url, tmp_path / "server.log", ray_env(nowhere))
     try:
@@ -256,17 +256,21 @@ def test_concurrency_limits_hold_across_replicas(
             submit(client, {"kind": "sleep", "steps": 5, "step_s": 0.05}) for client in (one, two)
         ]
         ids += [submit(one, {"kind": "sleep", "steps": 5, "step_s": 0.05})]
-        peak = 0
-        while one.get("/api/sample/runs", params={"status": "succeeded"}).json()["count"] < 3:
-            running = one.get("/api/sample/runs", params={"status": "running"}).json()["count"]
-            peak = max(peak, running)
-            time.sleep(0.02)
-        assert peak == 1  # one at a time, although two replicas claim
+        running: list[int] = []
+
+        def succeeded() -> int:
+            running.append(
+                one.get("/api/sample/runs", params={"status": "running"}).json()["count"]
+            )
+            count: int = one.get("/api/sample/runs", params={"status": "succeeded"}).json()["count"]
+            return count
+
+        poll_until(succeeded, lambda count: count == 3, timeout=90, what="the three runs")
+        assert max(running) == 1  # one at a time, although two replicas claim
         assert all(finished(one, run_id)["attempts"] == 1 for run_id in ids)
 
 
 def test_ray_address_null_starts_ray_in_the_api_process(sqlite_url: str, tmp_path: Path) -> None:
-    pytest.importorskip("ray")
     env = ray_env("", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     del env["HATCHERY_EXECUTOR__RAY_ADDRESS"]  # null: a local Ray instance of its own
     server = ServerProcess(sqlite_url, tmp_path / "server.log", env)

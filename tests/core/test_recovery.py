@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from core.store import crud
 from core.store.db import Store
 from core.store.models import Run, RunStatus
 from tests.conftest import make_settings
+from tests.support.poll import poll_until
 from tests.support.sample_component import SAMPLE
 from tests.support.server import free_port
 
@@ -58,11 +58,12 @@ def create(service: RunService, **params: Any) -> str:
 
 
 def wait_status(service: RunService, run_id: str, *statuses: str, timeout: float = 15) -> Run:
-    deadline = time.monotonic() + timeout
-    while (run := service.get(run_id=run_id)).status not in statuses:
-        assert time.monotonic() < deadline, f"run is {run.status}, not {statuses}"
-        time.sleep(0.02)
-    return run
+    return poll_until(
+        lambda: service.get(run_id=run_id),
+        lambda run: run.status in statuses,
+        timeout=timeout,
+        what=f"run {run_id} to be {' or '.join(statuses)}",
+    )
 
 
 def orphan(store: Store, run_id: str, *, attempts: int = 1) -> None:
@@ -121,7 +122,7 @@ def test_graceful_stop_requeues_with_the_attempt_refunded(
         1,
         None,
     )
-    assert executor.active_count == 0 or _settles(lambda: executor.active_count == 0)
+    poll_until(lambda: executor.active_count, lambda active: active == 0, timeout=5)
     assert status_events(service, run_id)[-1] == {"status": "queued", "reason": "shutdown"}
 
     successor = make_executor()
@@ -152,21 +153,15 @@ def test_concurrency_is_bounded_per_component(
 ) -> None:
     make_executor(**{"executor.concurrency": {"sample": 2}}).start()
     ids = [create(service, steps=3, step_s=0.03) for _ in range(6)]
-    peak = 0
-    while service.list_runs(component="sample", status="succeeded")[1] < 6:
-        peak = max(peak, service.list_runs(component="sample", status="running")[1])
-        time.sleep(0.005)
-    assert 1 <= peak <= 2
+    running: list[int] = []
+
+    def succeeded() -> int:
+        running.append(service.list_runs(component="sample", status="running")[1])
+        return service.list_runs(component="sample", status="succeeded")[1]
+
+    poll_until(succeeded, lambda count: count == 6, interval=0.005, what="all six runs")
+    assert 1 <= max(running) <= 2
     assert {service.get(run_id=run_id).attempts for run_id in ids} == {1}
-
-
-def _settles(check: Callable[[], bool], timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 # A real server process, killed with SIGKILL mid-run and restarted on the same store ---------
@@ -198,15 +193,18 @@ class ServerProcess:
         self._wait_healthy(log)
 
     def _wait_healthy(self, log: Path) -> None:
-        deadline = time.monotonic() + 60
-        while True:
+        def health() -> int:
             assert self.process.poll() is None, f"server exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"server never became healthy:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
+            return httpx.get(f"{self.url}/health", timeout=1).status_code
+
+        poll_until(
+            health,
+            lambda status: status == 200,
+            timeout=60,
+            interval=0.1,
+            what=lambda: f"the server to become healthy:\n{log.read_text()}",
+            ignore=(httpx.TransportError,),
+        )
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -235,10 +233,12 @@ def test_sigkilled_server_restarts_and_finishes_its_runs(store_url: str, tmp_pat
             queued_id = client.post("/api/sample/run", json={"kind": "sleep", "steps": 2}).json()[
                 "id"
             ]
-            deadline = time.monotonic() + 30
-            while client.get(f"/api/sample/status/{long_id}").json()["progress"] < 0.15:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            poll_until(
+                lambda: client.get(f"/api/sample/status/{long_id}").json(),
+                lambda run: run["progress"] >= 0.15,
+                timeout=30,
+                what="the long run to make progress",
+            )
     finally:
         first.kill()
 
@@ -252,13 +252,19 @@ def test_sigkilled_server_restarts_and_finishes_its_runs(store_url: str, tmp_pat
     try:
         with httpx.Client(base_url=second.url, timeout=10) as client:
             for run_id in (long_id, queued_id):
-                deadline = time.monotonic() + 30
-                while (run := client.get(f"/api/sample/status/{run_id}").json())[
-                    "status"
-                ] != RunStatus.succeeded:
-                    assert run["status"] in ("queued", "running"), run
-                    assert time.monotonic() < deadline, run
-                    time.sleep(0.05)
+
+                def status(run_id: str = run_id) -> str:
+                    run = client.get(f"/api/sample/status/{run_id}").json()
+                    assert run["status"] in ("queued", "running", RunStatus.succeeded), run
+                    return str(run["status"])
+
+                poll_until(
+                    status,
+                    lambda status: status == RunStatus.succeeded,
+                    timeout=30,
+                    interval=0.05,
+                    what=f"run {run_id} to succeed after the restart",
+                )
             assert client.get(f"/api/sample/status/{long_id}").json()["attempts"] == 2
             assert client.get(f"/api/sample/status/{queued_id}").json()["attempts"] == 1
             result = client.get(f"/api/sample/results/{long_id}").json()["result"]

@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI
 
 from core.api.app import create_base_app, no_engine
 from tests.conftest import make_settings
+from tests.support.poll import poll_until
 from tests.support.sample_component import SAMPLE, create_app
 from tests.support.server import LiveServer, serve
 
@@ -42,13 +43,13 @@ def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> httpx.
 def wait_for(
     client: httpx.Client, run_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 15
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        run: dict[str, Any] = client.get(f"/api/sample/status/{run_id}").json()
-        if done(run):
-            return run
-        assert time.monotonic() < deadline, f"run never got there: {run}"
-        time.sleep(0.02)
+    run: dict[str, Any] = poll_until(
+        lambda: client.get(f"/api/sample/status/{run_id}").json(),
+        done,
+        timeout=timeout,
+        what=f"run {run_id}",
+    )
+    return run
 
 
 def finished(run: dict[str, Any]) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from websockets.sync.client import connect
 
 from core.api.security import KeyRing
 from tests.conftest import make_settings
+from tests.support.poll import poll_until
 from tests.support.sample_component import create_app
 from tests.support.server import LiveServer, serve
 
@@ -48,10 +48,12 @@ def owned_run(server: LiveServer) -> str:
         run_id: str = client.post("/api/sample/run", json={"kind": "chatty", "events": 2}).json()[
             "id"
         ]
-        deadline = time.monotonic() + 10
-        while client.get(f"/api/sample/status/{run_id}").json()["status"] != "succeeded":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        poll_until(
+            lambda: client.get(f"/api/sample/status/{run_id}").json(),
+            lambda run: run["status"] == "succeeded",
+            timeout=10,
+            what="the owned run to succeed",
+        )
     return run_id
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 from core.runs.events import EventBus, follow
 from core.store.models import RunEventPublic
 from tests.conftest import make_settings
+from tests.support.poll import poll_until
 from tests.support.sample_component import create_app
 from tests.support.server import LiveServer, serve
 
@@ -46,15 +46,12 @@ def start(client: httpx.Client, body: dict[str, Any]) -> str:
 
 
 def wait_finished(client: httpx.Client, run_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 15
-    while (run := client.get(f"/api/sample/status/{run_id}").json())["status"] not in (
-        "succeeded",
-        "failed",
-        "cancelled",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    return dict(run)
+    run: dict[str, Any] = poll_until(
+        lambda: client.get(f"/api/sample/status/{run_id}").json(),
+        lambda run: run["status"] in ("succeeded", "failed", "cancelled"),
+        what=f"run {run_id} to finish",
+    )
+    return run
 
 
 def read_events(ws: ClientConnection, limit: int | None = None) -> list[dict[str, Any]]:
@@ -167,20 +164,27 @@ def test_slow_ws_reader_is_dropped_and_memory_stays_bounded(
     stalled = _stalled_websocket(server.port, f"/api/sample/ws/{run_id}")
     try:
         # 32 kB events keep coming; the stalled reader's socket buffers fill, then its queue.
-        deadline = time.monotonic() + 20
-        while bus.dropped_total == dropped_before:
-            assert time.monotonic() < deadline, "the stalled subscriber was never dropped"
+        def dropped() -> int:
             assert bus.buffered_count() <= bus.queue_size * max(1, bus.subscriber_count())
-            time.sleep(0.02)
+            return bus.dropped_total
+
+        poll_until(
+            dropped,
+            lambda total: total > dropped_before,
+            timeout=20,
+            what="the stalled subscriber to be dropped",
+        )
         assert bus.buffered_count() <= bus.queue_size * max(1, bus.subscriber_count())
     finally:
         stalled.close()
     client.post(f"/api/sample/cancel/{run_id}")
     wait_finished(client, run_id)
-    deadline = time.monotonic() + 10
-    while bus.subscriber_count(run_id):  # the handler noticed the disconnect and cleaned up
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    poll_until(  # the handler noticed the disconnect and cleaned up
+        lambda: bus.subscriber_count(run_id),
+        lambda count: count == 0,
+        timeout=10,
+        what="the dropped subscriber to be cleaned up",
+    )
 
 
 def _stalled_websocket(port: int, path: str) -> socket.socket:
@@ -223,7 +227,9 @@ async def test_bus_delivers_from_threads_and_drops_laggards() -> None:
     assert [(await fast.next(1)).seq for _ in range(2)] == [1, 2]  # type: ignore[union-attr]
     for seq in range(3, 6):
         bus.publish(event(seq))
-    await asyncio.sleep(0.05)
+    # Deliveries run on the loop in publish order, each to every subscriber: once the fast
+    # reader has 5, the slow one has been offered 3 to 5 as well.
+    assert [(await fast.next(1)).seq for _ in range(3)] == [3, 4, 5]  # type: ignore[union-attr]
     assert slow.dropped and bus.dropped_total == 1 and bus.subscriber_count("r") == 1
     assert slow.queue.qsize() == 1  # only the marker is left
     assert other.queue.empty()
@@ -246,14 +252,17 @@ async def test_follow_merges_backlog_and_live_without_duplicates() -> None:
         return [e for e in stored if e.seq > after], False
 
     seen: list[int] = []
+    backlog_read = asyncio.Event()
 
     async def consume() -> None:
         async for item in follow(bus, "r", load_after, idle_s=5):
             assert item is not None
             seen.append(item.seq)
+            if item.seq == 3:
+                backlog_read.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(backlog_read.wait(), 5)  # follow() is subscribed and live now
     bus.publish(event(5, "succeeded"))  # 4 was missed live: follow() resyncs from the store
     stored += [event(4), event(5, "succeeded")]
     await asyncio.wait_for(task, 5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -19,6 +18,7 @@ from core.engine import (
     StreamEvent,
 )
 from core.engine.scheduler import EngineObserver
+from tests.support.poll import poll_until
 
 from .conftest import nano_model
 
@@ -60,10 +60,7 @@ def events_by_choice(events: list[StreamEvent]) -> dict[int, list[StreamEvent]]:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
+    poll_until(condition, timeout=timeout, interval=0.005)
 
 
 def first_event(stream: GenerationStream) -> StreamEvent:

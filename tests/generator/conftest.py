@@ -6,7 +6,6 @@ prompts up to 512 bytes, up to 20000 new tokens (long enough to keep a slot busy
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 from generator_api.app import create_app
 from tests.conftest import engine_settings
+from tests.support.poll import poll_until
 from tests.support.server import LiveServer, serve
 
 MODEL = "bdh-nano"
@@ -49,10 +49,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
 
 def wait_ready(url: str, timeout: float = 30.0) -> None:
     """Wait for /ready (the preloaded model is loaded in the background)."""
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{url}/ready").status_code != 200:
-        assert time.monotonic() < deadline, "server never became ready"
-        time.sleep(0.05)
+    poll_until(
+        lambda: httpx.get(f"{url}/ready").status_code,
+        lambda status: status == 200,
+        timeout=timeout,
+        interval=0.05,
+        what="/ready",
+    )
 
 
 @pytest.fixture
@@ -68,11 +71,7 @@ def http(server: LiveServer) -> Iterator[httpx.Client]:
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.02)
-    return value
+    return poll_until(condition, timeout=timeout, what=what or str(condition))
 
 
 def engine_totals(live: LiveServer) -> dict[str, Any]:

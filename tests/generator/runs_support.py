@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
+
+from tests.support.poll import poll_until
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def wait_for_run(http: httpx.Client, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        run: dict[str, Any] = http.get(f"/api/generator/status/{run_id}").json()
-        if run["status"] in TERMINAL:
-            return run
-        assert time.monotonic() < deadline, f"run never finished: {run}"
-        time.sleep(0.05)
+    run: dict[str, Any] = poll_until(
+        lambda: http.get(f"/api/generator/status/{run_id}").json(),
+        lambda run: run["status"] in TERMINAL,
+        timeout=timeout,
+        interval=0.05,
+        what=f"run {run_id} to finish",
+    )
+    return run
 
 
 def run_events(http: httpx.Client, run_id: str) -> list[dict[str, Any]]:

@@ -16,15 +16,16 @@ def poll_until(
     *,
     timeout: float = 15.0,
     interval: float = 0.02,
-    what: str = "the condition",
+    what: str | Callable[[], str] = "the condition",
     ignore: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call `fetch` every `interval` s until `done(value)` is true; return that value.
 
-    After `timeout` s an AssertionError names `what` and the last value fetched, so a test
-    that times out says where things stood. Exceptions of the types in `ignore` (a server
-    that does not accept connections yet) count as "not yet"; any other exception, including
-    an assertion inside `fetch`, ends the wait at once.
+    After `timeout` s an AssertionError names `what` (or calls it, for a description that is
+    costly to build, such as a log) and the last value fetched, so a test that times out says
+    where things stood. Exceptions of the types in `ignore` (a server that does not accept
+    connections yet) count as "not yet"; any other exception, including an assertion inside
+    `fetch`, ends the wait at once.
     """
     deadline = time.monotonic() + timeout
     last: Any = "nothing fetched"
@@ -38,5 +39,8 @@ def poll_until(
                 return value
             last = value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+            described = what() if callable(what) else what
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {described}; last: {last!r}"
+            )
         time.sleep(interval)

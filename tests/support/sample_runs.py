@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 from websockets.sync.client import connect
 
+from tests.support.poll import poll_until
 from tests.support.server import LiveServer
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -17,11 +17,7 @@ IDLE_S = 120.0  # a follower's idle re-read in these tests: far beyond every wai
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
+    return poll_until(check, timeout=timeout, interval=0.05, what=what)
 
 
 def submit(client: httpx.Client, body: dict[str, Any]) -> str:
@@ -37,12 +33,13 @@ def status(client: httpx.Client, run_id: str) -> dict[str, Any]:
 
 
 def finished(client: httpx.Client, run_id: str, timeout: float = 90) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        run = status(client, run_id)
-        return run if run["status"] in TERMINAL else None
-
-    result: dict[str, Any] = wait_until(done, f"run {run_id} to finish", timeout)
-    return result
+    return poll_until(
+        lambda: status(client, run_id),
+        lambda run: run["status"] in TERMINAL,
+        timeout=timeout,
+        interval=0.05,
+        what=f"run {run_id} to finish",
+    )
 
 
 def stored_events(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:

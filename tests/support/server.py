@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
+
+from tests.support.poll import poll_until
 
 
 def free_port() -> int:
@@ -45,11 +46,13 @@ class LiveServer:
 
     def start(self, timeout: float = 20.0) -> None:
         self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("live server did not start")
-            time.sleep(0.01)
+
+        def started() -> bool:
+            if not self._thread.is_alive():
+                raise RuntimeError("live server exited before it started")
+            return bool(self._server.started)
+
+        poll_until(started, timeout=timeout, interval=0.01, what="the live server to start")
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect
 
+from tests.support.poll import poll_until
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -20,13 +22,14 @@ def submit(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait_finished(client: httpx.Client, run_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        run: dict[str, Any] = client.get(f"/api/test/status/{run_id}").json()
-        if run["status"] in TERMINAL:
-            return run
-        assert time.monotonic() < deadline, f"run did not finish: {run}"
-        time.sleep(0.05)
+    run: dict[str, Any] = poll_until(
+        lambda: client.get(f"/api/test/status/{run_id}").json(),
+        lambda run: run["status"] in TERMINAL,
+        timeout=timeout,
+        interval=0.05,
+        what=f"run {run_id} to finish",
+    )
+    return run
 
 
 def run_suite(

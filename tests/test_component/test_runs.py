@@ -4,7 +4,6 @@ models, live case events, cancel, timeout and run failures."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from core.api.app import no_engine
 from core.engine import ModelRegistry, SamplingParams
 from test_api.app import create_app
+from tests.support.poll import poll_until
 from tests.support.server import LiveServer, serve
 from tests.test_component.conftest import component_settings
 from tests.test_component.helpers import (
@@ -270,13 +270,15 @@ def test_timeout_fails_the_run_with_the_partial_report(client: httpx.Client) -> 
 
 def wait_for_progress(client: httpx.Client, run_id: str) -> dict[str, Any]:
     """The run's status once its first case has finished."""
-    deadline = time.monotonic() + 60
-    while True:
-        status: dict[str, Any] = client.get(f"/api/test/status/{run_id}").json()
-        if status["progress"] > 0 or (status["status"] != "running" and status["attempts"]):
-            return status
-        assert time.monotonic() < deadline, status
-        time.sleep(0.02)
+    status: dict[str, Any] = poll_until(
+        lambda: client.get(f"/api/test/status/{run_id}").json(),
+        lambda status: (
+            status["progress"] > 0 or (status["status"] != "running" and status["attempts"])
+        ),
+        timeout=60,
+        what="the first case to finish",
+    )
+    return status
 
 
 def test_without_an_engine_the_direct_path_is_tested(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import httpx
 
 from core.config import Settings
 from tests.conftest import engine_settings
+from tests.support.poll import poll_until
 from unified_api.components import installed
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -30,11 +30,13 @@ def installed_components() -> list[str]:
 
 def wait_ready(client: httpx.Client, timeout: float = 60.0) -> None:
     """Poll /ready until 200 (the preload runs in the background after start-up)."""
-    deadline = time.monotonic() + timeout
-    while client.get("/ready").status_code != 200:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"server not ready after {timeout} s: {client.get('/ready').text}")
-        time.sleep(0.05)
+    poll_until(
+        lambda: client.get("/ready"),
+        lambda response: response.status_code == 200,
+        timeout=timeout,
+        interval=0.05,
+        what="/ready",
+    )
 
 
 def redis_available() -> bool:

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.engine import ModelRegistry
 from tests.conftest import build_nano_model, make_settings
+from tests.support.poll import poll_until
 from tests.support.sample_component import create_app as create_sample_app
 from tests.support.server import LiveServer
-from tests.unified.helpers import installed_components, nano_settings, wait_ready
+from tests.unified.helpers import nano_settings, wait_ready
 from unified_api.app import create_app
 
 LiveServerFactory = Callable[[FastAPI], LiveServer]
@@ -36,10 +35,12 @@ def value(page: dict, name: str, **labels: str) -> float:
 
 
 def wait_for_status(client: httpx.Client, path: str, status: str) -> None:
-    deadline = time.monotonic() + 20
-    while client.get(path).json()["status"] != status:
-        assert time.monotonic() < deadline, f"{path} never became {status}"
-        time.sleep(0.02)
+    poll_until(
+        lambda: client.get(path).json(),
+        lambda run: run["status"] == status,
+        timeout=20,
+        what=f"{path} to become {status}",
+    )
 
 
 def test_http_and_run_metrics_by_route_template(
@@ -78,8 +79,6 @@ def test_http_and_run_metrics_by_route_template(
 def test_generation_metrics_after_a_completion(
     tmp_path: Path, models_dir: Path, live_server: LiveServerFactory
 ) -> None:
-    if "generator" not in installed_components():
-        pytest.skip("the generator component (its /v1 routes) is not written yet")
     server = live_server(create_app(nano_settings(tmp_path, models_dir)))
     with httpx.Client(base_url=server.url, timeout=60) as client:
         wait_ready(client)
@@ -124,8 +123,6 @@ def test_generation_metrics_after_a_completion(
 def test_running_counts_requests_and_aborted_tokens_are_counted(
     tmp_path: Path, models_dir: Path, live_server: LiveServerFactory
 ) -> None:
-    if "generator" not in installed_components():
-        pytest.skip("the generator component (its /v1 routes) is not written yet")
     # Far more tokens than the nano model makes before the client hangs up below.
     limits = {"generation.max_tokens_limit": 1_000_000}
     server = live_server(create_app(nano_settings(tmp_path, models_dir, **limits)))
@@ -137,21 +134,23 @@ def test_running_counts_requests_and_aborted_tokens_are_counted(
             lines = stream.iter_lines()
             while "text" not in next(lines):  # the choices are being generated
                 pass
-            deadline = time.monotonic() + 20
-            page = samples(client.get("/metrics").text)
-            while value(page, "hatchery_engine_running_sequences", **nano) < 2:  # prefill done
-                assert time.monotonic() < deadline, "the two choices never reached decoding"
-                time.sleep(0.02)
-                page = samples(client.get("/metrics").text)
+            page = poll_until(
+                lambda: samples(client.get("/metrics").text),
+                lambda page: value(page, "hatchery_engine_running_sequences", **nano) >= 2,
+                timeout=20,
+                what="the two choices to reach decoding (prefill done)",
+            )
             assert value(page, "hatchery_engine_running_sequences", **nano) == 2  # two choices...
             assert value(page, "hatchery_engine_running", **nano) == 1  # ...of one request
         # Leaving the stream disconnects the client, which aborts both choices.
-        deadline = time.monotonic() + 20
         finished = "hatchery_requests_finished_total"
-        while value(page, finished, finished_reason="abort", **nano) < 2:
-            assert time.monotonic() < deadline, "the aborted choices were never counted"
-            time.sleep(0.05)
-            page = samples(client.get("/metrics").text)
+        page = poll_until(
+            lambda: samples(client.get("/metrics").text),
+            lambda page: value(page, finished, finished_reason="abort", **nano) >= 2,
+            timeout=20,
+            interval=0.05,
+            what="the aborted choices to be counted",
+        )
         generated = client.get("/stats").json()["engine"]["models"]["bdh-nano"]["tokens_generated"]
     assert generated > 0
     assert value(page, "hatchery_generation_tokens_total", **nano) == generated

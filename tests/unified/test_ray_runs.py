@@ -18,6 +18,7 @@ import pytest
 
 from clients import ApiClient, RunTranscript
 from tests.conftest import NANO_MODEL, engine_settings, postgres_base_url
+from tests.support.poll import poll_until
 from tests.support.server import LiveServer, serve
 from unified_api.app import create_app
 
@@ -28,7 +29,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.postgres]
 def client(
     ray_address: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiClient]:
-    pytest.importorskip("ray")
     base = postgres_base_url()
     models = tmp_path_factory.mktemp("ray-models")  # a copy: the model run adds a model here
     shutil.copytree(models_dir / NANO_MODEL, models / NANO_MODEL)
@@ -76,14 +76,15 @@ def _drop_schema(base: str, schema: str) -> None:
 
 
 def _wait_ready(api: ApiClient, live: LiveServer) -> None:
-    import time
-
     import httpx
 
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{live.url}/ready").status_code != 200:
-        assert time.monotonic() < deadline, httpx.get(f"{live.url}/ready").text
-        time.sleep(0.1)
+    poll_until(
+        lambda: httpx.get(f"{live.url}/ready"),
+        lambda response: response.status_code == 200,
+        timeout=60,
+        interval=0.1,
+        what="/ready",
+    )
 
 
 def _follow(client: ApiClient, run_id: str, kill_attempt: int | None = None) -> RunTranscript:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from core.config import load_settings
+from tests.support.poll import poll_until
 from tests.support.sample_component import SAMPLE
 from tests.support.server import LiveServer
 from tests.unified.helpers import installed_components, nano_settings, wait_ready
@@ -109,10 +109,12 @@ def test_runs_of_several_components_are_listed_together_and_followed_live(
                 while True:
                     events.append(json.loads(ws.recv(timeout=10)))
             assert ws.close_code == 1000 and events[-1]["data"]["status"] == "succeeded"
-        deadline = time.monotonic() + 10
-        while client.get(f"/api/sample/status/{first['id']}").json()["status"] != "succeeded":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        poll_until(
+            lambda: client.get(f"/api/sample/status/{first['id']}").json(),
+            lambda run: run["status"] == "succeeded",
+            timeout=10,
+            what="the first run to succeed",
+        )
         listed = client.get("/api/runs").json()
         assert listed["count"] == 2
         assert {(r["component"], r["id"]) for r in listed["data"]} == {
@@ -152,8 +154,7 @@ def test_every_route_of_the_unified_app_is_mounted_once(tmp_path: Path, models_d
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a route mounted twice is a duplicate operation id
         paths = app.openapi()["paths"]
-    if "generator" in installed_components():
-        assert {"/v1/models", "/v1/completions", "/tokenize", "/detokenize"} <= set(paths)
+    assert {"/v1/models", "/v1/completions", "/tokenize", "/detokenize"} <= set(paths)
 
 
 @pytest.mark.parametrize("name", list(COMPONENTS))
@@ -194,8 +195,6 @@ def test_default_settings_serve_the_shipped_model(
     tmp_path: Path, models_dir: Path, live_server: LiveServerFactory
 ) -> None:
     """What `make run` serves: bdh-shakespeare, the default and preloaded model."""
-    if not (models_dir / "bdh-shakespeare").is_dir():
-        pytest.skip("models/bdh-shakespeare is not in the repository yet (it is being trained)")
     defaults = load_settings().model
     settings = nano_settings(
         tmp_path,
@@ -209,12 +208,11 @@ def test_default_settings_serve_the_shipped_model(
         shipped = {m["name"]: m for m in info["models"]}["bdh-shakespeare"]
         assert info["default_model"] == "bdh-shakespeare" and shipped["loaded"] is True
         assert 500_000 < shipped["parameters"] < 2_000_000  # bdh-tiny, about 0.85M
-        if "generator" in installed_components():
-            completion = client.post(
-                "/v1/completions",
-                json={"model": info["default_model"], "prompt": "ROMEO:", "max_tokens": 8},
-            )
-            assert completion.status_code == 200, completion.text
-            body = completion.json()
-            assert body["model"] == "bdh-shakespeare"
-            assert body["usage"]["completion_tokens"] == 8
+        completion = client.post(
+            "/v1/completions",
+            json={"model": info["default_model"], "prompt": "ROMEO:", "max_tokens": 8},
+        )
+        assert completion.status_code == 200, completion.text
+        body = completion.json()
+        assert body["model"] == "bdh-shakespeare"
+        assert body["usage"]["completion_tokens"] == 8
