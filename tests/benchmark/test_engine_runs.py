@@ -275,8 +275,6 @@ def test_missing_model_fails_the_run_with_model_not_found(client: httpx.Client) 
 
 
 def test_shipped_model_sweep(client: httpx.Client, models_dir: Any) -> None:
-    if not (models_dir / SHIPPED_MODEL).is_dir():
-        pytest.skip(f"{SHIPPED_MODEL} is not in the repository yet (models/{SHIPPED_MODEL})")
     body = run_to_end(
         client,
         TINY_ENGINE

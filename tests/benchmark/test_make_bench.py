@@ -15,7 +15,6 @@ from tests.engine.conftest import nano_model
 def test_decode_vs_batch_compares_both_kernels_and_restores_the_choice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pytest.importorskip("numba", reason="the fused kernel needs numba (a project dependency)")
     console = Console(record=True, width=200)
     monkeypatch.setattr(make_bench, "console", console)
     monkeypatch.setenv(kernels.KERNEL_ENV, "auto")

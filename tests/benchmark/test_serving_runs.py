@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from benchmark_api.app import SPEC
 from core.api.app import create_base_app
+from generator_api.app import create_app as create_generator
 from tests.benchmark.conftest import events, results, run_to_end, submit, wait_for
 from tests.benchmark.fake_openai import fake_openai_app, fake_openai_router
 from tests.benchmark.test_engine_runs import assert_png, assert_svg
@@ -221,23 +221,10 @@ def run_to_end_of(client: httpx.Client, run_id: str) -> dict[str, Any]:
     return result
 
 
-def _generator_app() -> Any:
-    try:
-        module = importlib.import_module("generator_api.app")
-    except ImportError:
-        pytest.skip("generator_api.app does not exist yet: no real /v1 to load")
-    if not hasattr(module, "create_app"):
-        pytest.skip("generator_api.app has no create_app yet")
-    return module.create_app
-
-
 @pytest.mark.parametrize("model", [NANO_MODEL, SHIPPED_MODEL])
 def test_serving_run_against_the_generator(
     client: httpx.Client, live_server: Any, sqlite_url: str, models_dir: Any, model: str
 ) -> None:
-    create_generator = _generator_app()
-    if not (models_dir / model).is_dir():
-        pytest.skip(f"{model} is not in the repository yet")
     generator = live_server(create_generator(engine_settings(sqlite_url, models_dir)))
     body = run_to_end(
         client,

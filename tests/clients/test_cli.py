@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from clients.cli import app, parse_options
-from tests.clients.conftest import TERMINAL, requires, standin_app, submit, wait_until
+from tests.clients.conftest import TERMINAL, standin_app, submit, wait_until
 from tests.support.server import LiveServer, free_port, serve
 
 runner = CliRunner()
@@ -118,7 +118,6 @@ def real_url(real: LiveServer) -> Iterator[str]:
     yield real.url
 
 
-@requires("test")
 def test_test_run_against_the_real_component(real_url: str) -> None:
     args = ["test", "run", "smoke", "--model", "bdh-nano", "-o", "max_tokens=4"]
     result = cli(*args, "--poll-interval", "0.1", "--url", real_url)
@@ -130,7 +129,6 @@ def test_test_run_against_the_real_component(real_url: str) -> None:
     assert result.exit_code == (0 if ok else 1)
 
 
-@requires("benchmark")
 def test_bench_run_results_and_plot(real_url: str, tmp_path: Path) -> None:
     options = ["-o", "context_lengths=[8]", "-o", "new_tokens=2", "-o", 'modes=["recurrent"]']
     options += ["-o", "repeats=1", "-o", "warmup=0", "-o", "bandwidth_mb=1"]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from clients import NotFound, RunStatus
 from clients.cli import app as cli_app
-from tests.clients.conftest import component_available, real_settings
+from tests.clients.conftest import real_settings
 from tests.support.server import LiveServer, serve
 from unified_api.components import COMPONENTS as REGISTRY
 
@@ -32,10 +32,7 @@ FAMILY = {"test": "test", "generator": "generation", "benchmark": "benchmark"}
 
 @pytest.fixture(
     scope="module",
-    params=[
-        pytest.param(name, marks=pytest.mark.skipif(not component_available(name), reason=why))
-        for name, why in ((c, f"{c} component not in this checkout yet") for c in START)
-    ],
+    params=list(START),
 )
 def alone(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, models_dir: Path

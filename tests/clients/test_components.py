@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from clients import ModelCard, NotFound, RunStatus, ValidationFailed
-from tests.clients.conftest import TERMINAL, requires, wait_until
+from tests.clients.conftest import TERMINAL, wait_until
 from tests.support.server import LiveServer
 from unified_api.components import COMPONENTS as REGISTRY
 
@@ -41,7 +41,6 @@ def client(make_client: Callable[..., Any], real: LiveServer) -> Any:
     return make_client(real.url, timeout=60)
 
 
-@requires("test")
 def test_run_test_smoke(client: Any) -> None:
     TestReport = declared_result("test", "smoke")
     run = client.run_test(NANO, "smoke", max_tokens=4)
@@ -58,7 +57,6 @@ def test_run_test_smoke(client: Any) -> None:
     assert client.list_test_runs(kind="smoke", model=NANO).count >= 1
 
 
-@requires("generator")
 def test_generate_text_streams_its_tokens(client: Any) -> None:
     TextRunResult = declared_result("generator", "text")
     run = client.generate_text(NANO, ["Hello", "Hi"], max_tokens=6, temperature=0.0, n=1)
@@ -77,7 +75,6 @@ def test_generate_text_streams_its_tokens(client: Any) -> None:
     assert again.status == RunStatus.succeeded and again.kind == "text"
 
 
-@requires("generator")
 def test_generate_model_then_serve_it(client: Any) -> None:
     ModelRunResult = declared_result("generator", "model")
     name = f"tiny-{uuid.uuid4().hex[:8]}"
@@ -94,7 +91,6 @@ def test_generate_model_then_serve_it(client: Any) -> None:
     assert completion.usage.completion_tokens == 3
 
 
-@requires("generator")
 def test_openai_compatible_calls(client: Any) -> None:
     cards = client.models()
     assert all(isinstance(card, ModelCard) for card in cards)
@@ -112,7 +108,6 @@ def test_openai_compatible_calls(client: Any) -> None:
     assert client.chat(NANO, "Hi", max_tokens=6, temperature=0.0).text == reply.text
 
 
-@requires("generator")
 def test_openai_errors_map_to_exceptions(client: Any) -> None:
     with pytest.raises(NotFound) as missing:
         client.complete("no-such-model", "Hi", max_tokens=2)
@@ -134,7 +129,6 @@ def baseline_benchmark(real: LiveServer) -> str:
     return run_id
 
 
-@requires("benchmark")
 def test_run_benchmark_with_plot_csv_and_compare(
     client: Any, client_kind: str, baseline_benchmark: str
 ) -> None:

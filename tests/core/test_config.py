@@ -135,7 +135,6 @@ def test_settings_class_reads_env_directly(monkeypatch: pytest.MonkeyPatch) -> N
 def test_ray_needs_a_store_its_workers_can_reach(
     store_url: str, address: str | None, refused: str | None
 ) -> None:
-    pytest.importorskip("ray")
     overrides = {"executor.kind": "ray", "executor.ray_address": address, "store.url": store_url}
     if refused is None:
         assert load_settings(**overrides).executor.kind == "ray"

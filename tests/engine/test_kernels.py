@@ -7,12 +7,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from core.engine import BDH, kernels
+from core.engine import BDH, kernels, numba_kernels
 
 from .conftest import nano_model
-
-pytest.importorskip("numba", reason="the fused kernel needs numba (a project dependency)")
-from core.engine import numba_kernels  # after the skip: it imports numba
 
 
 @pytest.fixture

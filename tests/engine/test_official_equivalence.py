@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from core.engine import SamplingParams, load_model
 from core.engine.checkpoint import official_state_dict
 from core.engine.language_model import LanguageModel
 
-from .conftest import SHIPPED_MODEL_DIR, nano_model
+from .conftest import nano_model
 from .official_reference import ReferenceBDH
 
 
@@ -36,7 +35,6 @@ def test_nano_matches_the_official_module() -> None:
     _check_greedy_matches(LanguageModel("nano", nano_model(scale=5.0)), "To be or not", 60)
 
 
-@pytest.mark.skipif(not SHIPPED_MODEL_DIR.is_dir(), reason="shipped model not present")
 def test_shipped_model_matches_the_official_module() -> None:
     lm = load_model("bdh-shakespeare")
     _check_greedy_matches(lm, "ROMEO:\n", 48)

@@ -1,4 +1,4 @@
-"""The shipped model, `bdh-shakespeare`, served through the OpenAI API (skipped while absent)."""
+"""The shipped model, `bdh-shakespeare`, served through the OpenAI API."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from tests.conftest import SHIPPED_MODEL
 
 @pytest.fixture
 def shipped(models_dir: Path) -> str:
-    if not (models_dir / SHIPPED_MODEL / "model.safetensors").is_file():
-        pytest.skip(f"models/{SHIPPED_MODEL} is not in the repository yet (it is being trained)")
+    assert (models_dir / SHIPPED_MODEL / "model.safetensors").is_file()
     return SHIPPED_MODEL
 
 

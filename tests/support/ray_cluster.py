@@ -17,6 +17,5 @@ RAY_CPUS = 2
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
     """The address ("127.0.0.1:PORT") of a running local Ray head with RAY_CPUS CPUs."""
-    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[dev]')")
     with local_ray_head(RAY_CPUS) as address:
         yield address

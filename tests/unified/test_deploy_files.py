@@ -120,7 +120,6 @@ def test_compose_has_postgres_and_redis_with_health_checks() -> None:
 def test_compose_ray_profile_runs_two_replicas_on_a_ray_cluster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pytest.importorskip("ray")  # settings with executor.kind ray check that Ray imports
     services = compose()["services"]
     head, worker = services["ray-head"], services["ray-worker"]
     assert head["profiles"] == worker["profiles"] == ["ray"]
