@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from clients import NotFound, ValidationFailed
-from tests.clients.conftest import requires
 from tests.support.server import LiveServer
 
 NANO = "bdh-nano"
@@ -21,7 +20,6 @@ def client(make_client: Callable[..., Any], real: LiveServer) -> Any:
     return make_client(real.url, timeout=60)
 
 
-@requires("generator")
 def test_templates_are_the_generators(client: Any, real: LiveServer) -> None:
     templates = client.templates()
     served = httpx.get(f"{real.url}/api/generator/templates").json()["data"]
@@ -30,7 +28,6 @@ def test_templates_are_the_generators(client: Any, real: LiveServer) -> None:
     assert all(t.parameters > 0 and t.config for t in templates)
 
 
-@requires("test")
 def test_suites_are_the_test_components(client: Any, real: LiveServer) -> None:
     suites = client.suites()
     served = httpx.get(f"{real.url}/api/test/suites").json()["data"]
@@ -39,7 +36,6 @@ def test_suites_are_the_test_components(client: Any, real: LiveServer) -> None:
     assert smoke.cases and smoke.description
 
 
-@requires("generator")
 def test_tokenize_and_detokenize(client: Any) -> None:
     tokenized = client.tokenize("héllo", return_token_strs=True)
     assert tokenized.tokens == list("héllo".encode()) and tokenized.count == 6
@@ -52,7 +48,6 @@ def test_tokenize_and_detokenize(client: Any) -> None:
     assert missing.value.code == "model_not_found"
 
 
-@requires("generator")
 def test_interactive_stream_yields_tokens_then_the_result(client: Any) -> None:
     events = list(
         client.generate_interactive_ws(NANO, "ROMEO:", max_tokens=8, temperature=0, seed=1)
@@ -66,7 +61,6 @@ def test_interactive_stream_yields_tokens_then_the_result(client: Any) -> None:
     assert chat[-1].data["object"] == "chat.completion"
 
 
-@requires("generator")
 def test_interactive_stream_errors_are_raised_like_http_ones(client: Any) -> None:
     with pytest.raises(ValidationFailed) as refused:
         list(client.generate_interactive_ws(NANO, "x", max_tokens=4, no_such_field=1))
