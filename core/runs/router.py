@@ -173,17 +173,9 @@ def _add_read_routes(
 
     @router.get("/runs", operation_id=f"{component}_runs")
     async def list_runs(
-        service: RunServiceDep,
-        principal: PrincipalDep,
-        status: RunStatus | None = None,
-        kind: Annotated[str | None, Query(max_length=64)] = None,
-        model: Annotated[str | None, Query(max_length=255)] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        service: RunServiceDep, principal: PrincipalDep, filters: RunFiltersDep
     ) -> RunsPublic:
-        return await list_page(
-            service, principal.visible_to, component, status, kind, model, limit, offset
-        )
+        return await list_page(service, principal.visible_to, component, filters)
 
     @router.post("/cancel/{run_id}", operation_id=f"{component}_cancel")
     async def cancel_run(run: ValidRun, service: RunServiceDep) -> RunPublic:
@@ -191,25 +183,36 @@ def _add_read_routes(
         return RunPublic.from_run(cancelled)
 
 
+class RunFilters:
+    """The query parameters that `GET /api/{component}/runs` and `GET /api/runs` share."""
+
+    def __init__(
+        self,
+        status: RunStatus | None = None,
+        kind: Annotated[str | None, Query(max_length=64)] = None,
+        model: Annotated[str | None, Query(max_length=255)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> None:
+        self.status, self.kind, self.model = status, kind, model
+        self.limit, self.offset = limit, offset
+
+
+RunFiltersDep = Annotated[RunFilters, Depends()]
+
+
 async def list_page(
-    service: Any,
-    visible_to: str | None,
-    component: str | None,
-    status: RunStatus | None,
-    kind: str | None,
-    model: str | None,
-    limit: int,
-    offset: int,
+    service: Any, visible_to: str | None, component: str | None, filters: RunFilters
 ) -> RunsPublic:
     query = functools.partial(
         service.list_runs,
         visible_to=visible_to,
         component=component,
-        status=status.value if status else None,
-        kind=kind,
-        model=model,
-        limit=limit,
-        offset=offset,
+        status=filters.status.value if filters.status else None,
+        kind=filters.kind,
+        model=filters.model,
+        limit=filters.limit,
+        offset=filters.offset,
     )
     runs, count = await run_in_threadpool(query)
     return RunsPublic(data=[RunPublic.from_run(run) for run in runs], count=count)
@@ -223,16 +226,10 @@ def build_all_runs_router() -> APIRouter:
     async def list_all_runs(
         service: RunServiceDep,
         principal: PrincipalDep,
+        filters: RunFiltersDep,
         component: Annotated[str | None, Query(max_length=64)] = None,
-        status: RunStatus | None = None,
-        kind: Annotated[str | None, Query(max_length=64)] = None,
-        model: Annotated[str | None, Query(max_length=255)] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
     ) -> RunsPublic:
-        return await list_page(
-            service, principal.visible_to, component, status, kind, model, limit, offset
-        )
+        return await list_page(service, principal.visible_to, component, filters)
 
     return router
 
