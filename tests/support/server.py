@@ -6,6 +6,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -23,13 +24,20 @@ def free_port() -> int:
 class LiveServer:
     """Serves ``app`` on 127.0.0.1:<free port>; the lifespan runs as in production."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, *, access_log: bool = False) -> None:
+        """``access_log``: log every request and WebSocket at INFO through the root logger
+        (uvicorn's own handlers off), as ``hatchery serve`` does, so tests can read the lines."""
         self.app = app
         self._socket = socket.socket()
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port: int = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_ping_interval=None)
+        logging_options: dict[str, Any] = (
+            {"log_level": "info", "log_config": None} if access_log else {"log_level": "warning"}
+        )
+        config = uvicorn.Config(
+            app, lifespan="on", ws_ping_interval=None, access_log=access_log, **logging_options
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="live-server", daemon=True)
 
