@@ -20,10 +20,11 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from benchmark_api.results import Mode
 from core.api.outbound import check_url, default_base_url
+from core.api.request_model import RequestModel, one_or_many
 from core.api.submission import current_submission
 from core.config import Settings
 from core.engine.registry import InvalidModelNameError, validate_model_name
@@ -112,7 +113,7 @@ def device_available(device: str) -> bool:
 # Requests -----------------------------------------------------------------------------------
 
 
-class EngineBenchRequest(BaseModel):
+class EngineBenchRequest(RequestModel):
     """Sweep batch x context x new tokens x mode x dtype on one device: one row each."""
 
     model_config = _STRICT
@@ -125,7 +126,9 @@ class EngineBenchRequest(BaseModel):
     )
     batch_sizes: list[int] = Field([1], description="Sequences decoded together.")
     context_lengths: list[int] = Field([64, 256, 1024], description="Prompt bytes per sequence.")
-    new_tokens: list[int] = Field([16], description="Decode steps timed per measurement.")
+    new_tokens: list[int] = Field(
+        [16], description="Decode steps timed per measurement.", json_schema_extra=one_or_many
+    )
     modes: list[Mode] = Field(["recurrent", "recompute"])
     dtypes: list[DType] = Field(["float32"])
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
@@ -211,7 +214,7 @@ class EngineBenchRequest(BaseModel):
         )
 
 
-class ServingBenchRequest(BaseModel):
+class ServingBenchRequest(RequestModel):
     """Load an OpenAI-compatible `/v1/completions` endpoint at several levels.
 
     Levels are every `concurrency` x `request_rate` pair. A rate draws Poisson arrivals at
@@ -227,7 +230,9 @@ class ServingBenchRequest(BaseModel):
     model: str | None = Field(None, description="Model name sent; default: the server's model.")
     concurrency: list[int] | None = Field([1], description="Maximum requests in flight.")
     request_rate: list[float] | None = Field(
-        None, description="Poisson arrival rates (requests/s); null: as fast as allowed."
+        None,
+        description="Poisson arrival rates (requests/s); null: as fast as allowed.",
+        json_schema_extra=one_or_many,
     )
     num_requests: int = Field(32, description="Requests per level.")
     prompt_bytes: int = Field(128, description="Prompt length in bytes (= tokens).")

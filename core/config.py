@@ -137,6 +137,9 @@ class AuthSettings(BaseModel):
     # Plain keys or "sha256:<64 hex>" digests; plain keys are hashed on load and never kept.
     api_keys: list[str] = Field(default_factory=list)
     admin_keys: list[str] = Field(default_factory=list)
+    # Failed authentications a client address may make in a moving minute; then every request
+    # from it gets 429 with Retry-After until the window frees up (key guessing stays slow).
+    max_failures_per_minute: int = Field(60, gt=0)
 
     @field_validator("api_keys", "admin_keys")
     @classmethod

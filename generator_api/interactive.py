@@ -28,6 +28,7 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from core.api.errors import validation_code
 from core.engine.scheduler import GenerationError
 from core.errors import InvalidRequest, PlatformError
 
@@ -187,4 +188,4 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
         f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}" for error in errors
     ]
     param = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
-    return InvalidRequest("; ".join(parts[:5]), param=param or None)
+    return InvalidRequest("; ".join(parts[:5]), param=param or None, code=validation_code(errors))

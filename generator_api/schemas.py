@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.api.request_model import RequestModel, one_or_many
 from core.config import Settings
 from core.engine.registry import MODEL_NAME
 from core.engine.sampling import MAX_STOP_STRINGS, SamplingParams
@@ -35,7 +36,7 @@ def storable(text: str) -> str:
     return text.replace(NUL, "\ufffd")
 
 
-class TextRunRequest(BaseModel):
+class TextRunRequest(RequestModel):
     """Batch generation: n choices for every prompt, with one set of sampling parameters."""
 
     model_config = _STRICT
@@ -54,7 +55,7 @@ class TextRunRequest(BaseModel):
     seed: int | None = None
     n: int = Field(1, ge=1)
     stop: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list, max_length=MAX_STOP_STRINGS
+        default_factory=list, max_length=MAX_STOP_STRINGS, json_schema_extra=one_or_many
     )
 
     @field_validator("stop", mode="before")
@@ -118,7 +119,7 @@ class TextRunResult(BaseModel):
         return {"model": self.model, "completions": len(self.completions), "usage": usage}
 
 
-class ModelRunRequest(BaseModel):
+class ModelRunRequest(RequestModel):
     """Create a model from a model template; train it on a corpus when one is given.
 
     The corpus is ``corpus`` (``"shakespeare"`` or a file name in ``<data_dir>/corpora/``) or

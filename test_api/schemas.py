@@ -19,6 +19,7 @@ import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.api.outbound import UrlNotAllowed, check_url
+from core.api.request_model import RequestModel
 from core.api.submission import current_submission
 from core.engine.sampling import MAX_STOP_STRINGS, SamplingParams
 
@@ -30,7 +31,7 @@ MAX_TIMEOUT_S = 24 * 3600.0
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
-class _Strict(BaseModel):
+class _Strict(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
 

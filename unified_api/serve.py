@@ -135,6 +135,9 @@ def run(
         "access_log": access_log,
         "ws_ping_interval": ws_ping_interval_s,
         "ws_ping_timeout": ws_ping_timeout_s,
+        # The app closes bigger messages with 1009 too; this keeps uvicorn from buffering
+        # up to its 16 MiB default first.
+        "ws_max_size": settings.server.max_body_bytes,
         # uvicorn takes whole seconds here; round up so the bound is never shorter.
         "timeout_graceful_shutdown": max(1, math.ceil(graceful_timeout_s)),
         "lifespan": "on",

@@ -42,7 +42,8 @@ from core.api.middleware import (
     RequestIdMiddleware,
     install_request_id_in_logs,
 )
-from core.api.ratelimit import RateLimiter, RateLimitMiddleware
+from core.api.openapi import install_openapi
+from core.api.ratelimit import AuthFailureLimiter, RateLimiter, RateLimitMiddleware
 from core.api.security import AuthMiddleware, KeyRing
 from core.api.submission import SubmissionContextMiddleware
 from core.api.system import build_system_router
@@ -173,9 +174,20 @@ def create_base_app(
     public_files = {**docs_asset_files(), **(public_files or {})}
     app.state.public_files = public_files
     app.state.rate_limiter = (
-        RateLimiter(settings.rate_limiting) if settings.rate_limiting.enabled else None
+        RateLimiter.from_settings(settings.rate_limiting)
+        if settings.rate_limiting.enabled
+        else None
+    )
+    app.state.auth_failures = (
+        AuthFailureLimiter(
+            per_minute=settings.auth.max_failures_per_minute,
+            storage=settings.rate_limiting.storage,
+        )
+        if settings.auth.enabled
+        else None
     )
     install_error_handlers(app)
+    install_openapi(app, settings)
     _add_middleware(app, settings, public_files, public_redirects or {})
     app.include_router(build_system_router())
     app.include_router(build_docs_router(title))
@@ -210,7 +222,11 @@ def _add_middleware(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     if app.state.rate_limiter is not None:
         app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)
-    app.add_middleware(AuthMiddleware, keyring=KeyRing.from_settings(settings.auth))
+    app.add_middleware(
+        AuthMiddleware,
+        keyring=KeyRing.from_settings(settings.auth),
+        failures=app.state.auth_failures,
+    )
     if public_files or public_redirects:
         app.add_middleware(PublicFilesMiddleware, files=public_files, redirects=public_redirects)
     if settings.cors.allow_origins:
@@ -271,8 +287,9 @@ def _make_lifespan(
             await to_thread.run_sync(executor.stop, stop_grace_s)
             await to_thread.run_sync(watcher.stop)
             await to_thread.run_sync(store.dispose)
-            if app.state.rate_limiter is not None:
-                await app.state.rate_limiter.close()
+            for limiter in (app.state.rate_limiter, app.state.auth_failures):
+                if limiter is not None:
+                    await limiter.close()
             if owns_engine:
                 await to_thread.run_sync(_close, app.state.engine)
 

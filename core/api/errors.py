@@ -10,6 +10,7 @@ leaks nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from core.api.request_model import INVALID_UTF8
 from core.errors import PlatformError, error_body
 
 logger = logging.getLogger(__name__)
@@ -71,9 +73,21 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         message="; ".join(parts[:5]) or "invalid request",
         type="invalid_request_error",
         param=params[0] if params else None,
-        code="invalid_request",
+        code=validation_code(errors),
     )
     return JSONResponse(body, status_code=status)
+
+
+# Validation error types that are a code of their own (see core.api.request_model).
+_CODED_VALIDATION_ERRORS = frozenset({INVALID_UTF8})
+
+
+def validation_code(errors: Sequence[Any]) -> str:
+    """The error code for a list of pydantic errors: a coded type, else invalid_request."""
+    for error in errors:
+        if error.get("type") in _CODED_VALIDATION_ERRORS:
+            return str(error["type"])
+    return "invalid_request"
 
 
 def _param(error: Any, body: Any) -> str | None:

@@ -29,6 +29,7 @@ from core.errors import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 
+WS_CLOSE_TOO_BIG = 1009
 request_id_var: ContextVar[str | None] = ContextVar("hatchery_request_id", default=None)
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -86,13 +87,17 @@ class _BodyTooLarge(HTTPException):
 
 
 class BodySizeLimitMiddleware:
-    """413 for request bodies over ``max_bytes``: by Content-Length up front, else by counting."""
+    """413 for request bodies over ``max_bytes``: by Content-Length up front, else by counting;
+    WebSocket messages over it close the socket with 1009."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._serve_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -123,6 +128,38 @@ class BodySizeLimitMiddleware:
             if started:
                 raise
             await self._refuse(scope, receive, send)
+
+    async def _serve_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A message over the limit closes the socket with 1009 (RFC 6455 "message too big");
+        the app then sees the client leave, as for any disconnect, and whatever it still
+        sends is dropped."""
+        closed = False
+
+        async def limited_receive() -> Message:
+            nonlocal closed
+            message = await receive()
+            if message["type"] != "websocket.receive" or not self._too_big(message):
+                return message
+            reason = f"message exceeds {self.max_bytes} bytes (server.max_body_bytes)"
+            closed = True
+            await send({"type": "websocket.close", "code": WS_CLOSE_TOO_BIG, "reason": reason})
+            return {"type": "websocket.disconnect", "code": WS_CLOSE_TOO_BIG, "reason": reason}
+
+        async def guarded_send(message: Message) -> None:
+            if not closed:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    def _too_big(self, message: Message) -> bool:
+        if (data := message.get("bytes")) is not None:
+            return len(data) > self.max_bytes
+        text = message.get("text") or ""
+        # A character is 1 to 4 bytes: encode only texts whose size is in doubt.
+        return len(text) > self.max_bytes or (
+            4 * len(text) > self.max_bytes
+            and len(text.encode("utf-8", "surrogatepass")) > self.max_bytes
+        )
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
@@ -196,8 +233,39 @@ class PublicFilesMiddleware:
 _record_factory_installed = False
 
 
+# ``?api_key=`` (streams take keys in the query) in any spelling, up to the next delimiter.
+_QUERY_CREDENTIAL = re.compile(r"(?i)\b(api[_-]?key=)[^&\s\"']*")
+
+
+def redact_credentials(text: str) -> str:
+    """``…?api_key=secret&x=1`` -> ``…?api_key=[redacted]&x=1``."""
+    return _QUERY_CREDENTIAL.sub(r"\1[redacted]", text)
+
+
+def _carries_credential(record: logging.LogRecord) -> bool:
+    args = record.args
+    values = args.values() if isinstance(args, Mapping) else (args or ())
+    # str() too: URLs are often logged as objects (httpx.URL, yarl.URL).
+    texts = (v if isinstance(v, str) else str(v) for v in (record.msg, *values))
+    return any(_QUERY_CREDENTIAL.search(text) is not None for text in texts)
+
+
+def _redact(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):  # a malformed call; logging reports it when formatting
+        return
+    record.msg, record.args = redact_credentials(message), None
+
+
 def install_request_id_in_logs() -> None:
-    """Give every log record a ``request_id`` attribute ("-" outside requests). Idempotent."""
+    """Give every log record a ``request_id`` attribute ("-" outside requests), and redact
+    query-string credentials in every record. Idempotent.
+
+    The redaction sits in the record factory, not in a handler's filter: every record made
+    in the process passes it, whichever logger made it (uvicorn's access and error lines,
+    a library's warning) and whichever handlers, ours or a test's, receive it.
+    """
     global _record_factory_installed
     if _record_factory_installed:
         return
@@ -206,6 +274,8 @@ def install_request_id_in_logs() -> None:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         record.request_id = request_id_var.get() or "-"
+        if _carries_credential(record):
+            _redact(record)
         return record
 
     logging.setLogRecordFactory(factory)

@@ -25,14 +25,12 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.api.errors import platform_error_response
-from core.api.security import PUBLIC_PATHS, Principal
+from core.api.security import PUBLIC_PATHS, Principal, refuse
 from core.config import RateLimitingSettings
 from core.errors import RateLimited
 
 logger = logging.getLogger(__name__)
 
-WS_CLOSE_RATE_LIMITED = 4429
 _KEY_PREFIX = "hatchery"
 _WARN_EVERY_S = 60.0  # at most one "storage failed" warning a minute
 
@@ -43,29 +41,47 @@ def async_storage_uri(storage: str) -> str:
 
 
 class RateLimiter:
-    """The per-app limiter: the window item, and the storage opened on first use."""
+    """A limiter of ``per_minute`` events per identity: the window item, and the storage
+    opened on first use."""
 
-    def __init__(self, settings: RateLimitingSettings) -> None:
-        self.item: RateLimitItem = RateLimitItemPerMinute(settings.requests_per_minute)
-        self.storage_uri = async_storage_uri(settings.storage)
+    def __init__(self, *, per_minute: int, storage: str, key_prefix: str = _KEY_PREFIX) -> None:
+        self.item: RateLimitItem = RateLimitItemPerMinute(per_minute)
+        self.storage_uri = async_storage_uri(storage)
+        self.key_prefix = key_prefix
         self._storage: Any = None
         self._strategy: MovingWindowRateLimiter | None = None
         self._last_warning = -math.inf
 
     def _limiter(self) -> MovingWindowRateLimiter:
         if self._strategy is None:
-            options: dict[str, Any] = {"key_prefix": _KEY_PREFIX}
+            options: dict[str, Any] = {"key_prefix": self.key_prefix}
             if "redis" in self.storage_uri:
                 options["implementation"] = "redispy"  # redis-py is installed; coredis is not
             self._storage = storage_from_string(self.storage_uri, **options)
             self._strategy = MovingWindowRateLimiter(self._storage)
         return self._strategy
 
+    @classmethod
+    def from_settings(cls, settings: RateLimitingSettings) -> RateLimiter:
+        return cls(per_minute=settings.requests_per_minute, storage=settings.storage)
+
     async def hit(self, identity: str) -> float | None:
         """Count one request; None when allowed, else the seconds until it would be."""
         try:
             limiter = self._limiter()
             if await limiter.hit(self.item, identity):
+                return None
+            stats = await limiter.get_window_stats(self.item, identity)
+        except Exception:
+            self._warn_storage_failed()
+            return None
+        return max(1.0, stats.reset_time - time.time())
+
+    async def exhausted(self, identity: str) -> float | None:
+        """Like ``hit`` but counts nothing: None while the identity has budget left."""
+        try:
+            limiter = self._limiter()
+            if await limiter.test(self.item, identity):
                 return None
             stats = await limiter.get_window_stats(self.item, identity)
         except Exception:
@@ -105,8 +121,7 @@ def caller_identity(scope: Scope) -> str:
     principal = scope.get("state", {}).get("principal")
     if isinstance(principal, Principal) and principal.key_id is not None:
         return f"key:{principal.key_id}"
-    client = scope.get("client")
-    return f"ip:{client[0]}" if client else "ip:unknown"
+    return _client_address(scope)
 
 
 class RateLimitMiddleware:
@@ -128,15 +143,41 @@ class RateLimitMiddleware:
             f"rate limit of {self.limiter.item.amount} requests per minute exceeded",
             retry_after=retry_after,
         )
-        if scope["type"] == "websocket":
-            await receive()  # websocket.connect
-            await send({"type": "websocket.accept"})
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": WS_CLOSE_RATE_LIMITED,
-                    "reason": f"rate limited; retry after {error.headers['Retry-After']} s",
-                }
-            )
-            return
-        await platform_error_response(error)(scope, receive, send)
+        await refuse(error, scope, receive, send)
+
+
+class AuthFailureLimiter:
+    """Failed authentications per client address (``auth.max_failures_per_minute``).
+
+    Checked before the key is: an address over its budget gets 429 for every request, a
+    right key included (were right keys let through, the answer would still tell a good
+    guess from a bad one). Counts live in ``rate_limiting.storage``, so replicas on Redis
+    share them.
+    """
+
+    def __init__(self, *, per_minute: int, storage: str) -> None:
+        self.per_minute = per_minute
+        self.limiter = RateLimiter(
+            per_minute=per_minute, storage=storage, key_prefix=f"{_KEY_PREFIX}-auth-failures"
+        )
+
+    async def refusal(self, scope: Scope) -> RateLimited | None:
+        retry_after = await self.limiter.exhausted(_client_address(scope))
+        if retry_after is None:
+            return None
+        return RateLimited(
+            f"more than {self.per_minute} failed authentications a minute from this address",
+            retry_after=retry_after,
+            code="too_many_failed_authentications",
+        )
+
+    async def failed(self, scope: Scope) -> None:
+        await self.limiter.hit(_client_address(scope))
+
+    async def close(self) -> None:
+        await self.limiter.close()
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"ip:{client[0]}" if client else "ip:unknown"

@@ -16,8 +16,8 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated
-from urllib.parse import parse_qs
+from typing import Annotated, Protocol
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
@@ -25,10 +25,11 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.config import AuthSettings
-from core.errors import Unauthorized
+from core.errors import PlatformError, Unauthorized
 
 PUBLIC_PATHS = frozenset({"/health", "/ping"})  # liveness probes carry no key
 WS_CLOSE_UNAUTHORIZED = 4401
+WS_CLOSE_RATE_LIMITED = 4429
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,30 @@ class KeyRing:
         return Principal(key_id=found[0].hex()[:16], is_admin=found[1])
 
 
-def presented_key(scope: Scope) -> str | None:
-    """The API key a request or WebSocket handshake carries, if any."""
+def take_query_key(scope: Scope) -> str | None:
+    """Remove ``api_key`` from the scope's query string and return its value.
+
+    The server logs the request line (uvicorn's access line, its "WebSocket … [accepted]"
+    line) from this same scope once the app has answered: a key left in the query string
+    would be written to the log in plain text.
+    """
+    query = scope.get("query_string", b"")
+    if b"api_key" not in query:
+        return None
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    keys = [value for name, value in pairs if name == "api_key"]
+    if not keys:
+        return None
+    kept = [(name, value) for name, value in pairs if name != "api_key"]
+    scope["query_string"] = urlencode(kept).encode("latin-1")
+    return keys[0]
+
+
+def presented_key(scope: Scope, query_key: str | None = None) -> str | None:
+    """The API key a request or WebSocket handshake carries, if any.
+
+    ``query_key`` (from ``take_query_key``) counts only for WebSockets and SSE streams.
+    """
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -94,47 +117,77 @@ def presented_key(scope: Scope) -> str | None:
     if headers.get("x-api-key"):
         return headers["x-api-key"]
     if scope["type"] == "websocket" or "/events/" in scope["path"]:
-        values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key")
-        if values:
-            return values[0]
+        return query_key or None
     return None
 
 
-class AuthMiddleware:
-    """Authenticates every request but ``/health``; stores the Principal in the scope state."""
+class FailureLimit(Protocol):
+    """Counts failed authentications per client (``ratelimit.AuthFailureLimiter``)."""
 
-    def __init__(self, app: ASGIApp, *, keyring: KeyRing | None) -> None:
+    async def refusal(self, scope: Scope) -> PlatformError | None: ...
+
+    async def failed(self, scope: Scope) -> None: ...
+
+
+class AuthMiddleware:
+    """Authenticates every request but ``/health``; stores the Principal in the scope state.
+
+    Strips ``api_key`` from every query string first, auth on or off (see ``take_query_key``).
+    With ``failures`` an address that failed too often is refused before its key is looked at.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, keyring: KeyRing | None, failures: FailureLimit | None = None
+    ) -> None:
         self.app = app
         self.keyring = keyring
+        self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        query_key = take_query_key(scope)
         principal: Principal | None = ANONYMOUS
         if self.keyring is not None and scope["path"] not in PUBLIC_PATHS:
-            key = presented_key(scope)
+            if self.failures is not None and (refusal := await self.failures.refusal(scope)):
+                await refuse(refusal, scope, receive, send)
+                return
+            key = presented_key(scope, query_key)
             principal = self.keyring.authenticate(key) if key else None
+            if principal is None and self.failures is not None:
+                await self.failures.failed(scope)
         if principal is None:
-            await _refuse(scope, receive, send)
+            await refuse(Unauthorized(), scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+_WS_CLOSE_CODES = {401: WS_CLOSE_UNAUTHORIZED, 429: WS_CLOSE_RATE_LIMITED}
+
+
+async def refuse(error: PlatformError, scope: Scope, receive: Receive, send: Send) -> None:
+    """The error as an HTTP answer, or as a WebSocket close code (44xx) with a reason."""
     if scope["type"] == "websocket":
-        # Accept first: a close before accepting reaches the client as a bare HTTP 403,
-        # and the 4401 code would be lost.
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        await send(
-            {"type": "websocket.close", "code": WS_CLOSE_UNAUTHORIZED, "reason": "unauthorized"}
-        )
+        reason = error.code
+        if "Retry-After" in error.headers:
+            reason = f"{reason}; retry after {error.headers['Retry-After']} s"
+        code = _WS_CLOSE_CODES.get(error.status_code, 4000 + error.status_code)
+        await close_websocket(scope, receive, send, code=code, reason=reason)
         return
-    error = Unauthorized()
     response = JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers)
     await response(scope, receive, send)
+
+
+async def close_websocket(
+    scope: Scope, receive: Receive, send: Send, *, code: int, reason: str
+) -> None:
+    # Accept first: a close before accepting reaches the client as a bare HTTP 403, and the
+    # code would be lost.
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 def get_principal(connection: HTTPConnection) -> Principal:

@@ -102,12 +102,27 @@ class ModelRegistry:
             raise InvalidModelNameError(f"model {name!r} resolves outside the models directory")
         return resolved
 
+    def file_of(self, name: str, filename: str) -> Path:
+        """One file of a model, guaranteed to be a regular file inside its directory.
+
+        A symlinked file is refused like a symlinked directory: a model directory that is
+        real but links its weights elsewhere would make the server read (and serve, and
+        hand out through the files routes) whatever the link points at.
+        """
+        directory = self.path_of(name)
+        candidate = directory / filename
+        if candidate.is_symlink() or candidate.resolve().parent != directory:
+            raise InvalidModelNameError(
+                f"model {name!r}: {filename} resolves outside the models directory"
+            )
+        return candidate
+
     def exists(self, name: str) -> bool:
         try:
-            path = self.path_of(name)
+            files = [self.file_of(name, filename) for filename in (CONFIG_FILE, WEIGHTS_FILE)]
         except InvalidModelNameError:
             return False
-        return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+        return all(path.is_file() for path in files)
 
     def names(self) -> list[str]:
         if not self.models_dir.is_dir():

@@ -21,6 +21,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
 from core.api.deps import RunServiceDep
+from core.api.params import Limit, Offset
 from core.api.security import Principal, PrincipalDep
 from core.errors import ErrorResponse, InvalidRequest
 from core.runs.context import JobFn
@@ -191,8 +192,8 @@ class RunFilters:
         status: RunStatus | None = None,
         kind: Annotated[str | None, Query(max_length=64)] = None,
         model: Annotated[str | None, Query(max_length=255)] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = 50,
+        offset: Offset = 0,
     ) -> None:
         self.status, self.kind, self.model = status, kind, model
         self.limit, self.offset = limit, offset

@@ -15,12 +15,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Header, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnected
 
 from core.api.deps import EventBusDep, RunServiceDep, get_event_bus, get_run_service
+from core.api.params import MAX_INT32, AfterSeq
 from core.api.security import get_principal
 from core.errors import InvalidRequest, NotFound
 from core.runs.events import EventBus, follow
@@ -30,6 +31,8 @@ from core.store.models import Run, RunEventPublic
 logger = logging.getLogger(__name__)
 
 WS_CLOSE_NOT_FOUND = 4404
+WS_CLOSE_BAD_REQUEST = 4400
+_BAD_AFTER = f"after must be an event seq, an integer from 0 to {MAX_INT32}"
 
 
 def add_stream_routes(
@@ -38,10 +41,14 @@ def add_stream_routes(
     """Add ``WS /ws/{run_id}`` and ``GET /events/{run_id}``; ``ValidRun`` loads the run."""
 
     @router.websocket("/ws/{run_id}")
-    async def follow_ws(
-        websocket: WebSocket, run_id: str, after: Annotated[int, Query(ge=0)] = 0
-    ) -> None:
+    async def follow_ws(websocket: WebSocket, run_id: str) -> None:
         await websocket.accept()
+        # Parsed here, not by FastAPI: a query that fails validation before the accept
+        # reaches the client as a bare HTTP 403, without a code or a reason.
+        after = _parse_seq(websocket.query_params.get("after", "0"))
+        if after is None:
+            await websocket.close(code=WS_CLOSE_BAD_REQUEST, reason=_BAD_AFTER)
+            return
         service = get_run_service(websocket)
         principal = get_principal(websocket)
         get = functools.partial(
@@ -65,7 +72,7 @@ def add_stream_routes(
         run: ValidRun,
         service: RunServiceDep,
         bus: EventBusDep,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: AfterSeq | None = None,
         last_event_id: Annotated[str | None, Header(max_length=32)] = None,
     ) -> StreamingResponse:
         start = max(after or 0, _parse_last_event_id(last_event_id))
@@ -83,14 +90,23 @@ def _loader(service: RunService, run_id: str) -> Any:
     return load_after
 
 
+def _parse_seq(value: str) -> int | None:
+    """An event seq from a query or header value; None when it is not one."""
+    try:
+        seq = int(value.strip())
+    except ValueError:
+        return None
+    return seq if 0 <= seq <= MAX_INT32 else None
+
+
 def _parse_last_event_id(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
-    try:
-        seq = int(value)
-    except ValueError:
-        raise InvalidRequest("Last-Event-ID must be an event seq", param="Last-Event-ID") from None
-    return max(seq, 0)
+    seq = _parse_seq(value)
+    if seq is None:
+        message = f"Last-Event-ID must be an event seq, an integer from 0 to {MAX_INT32}"
+        raise InvalidRequest(message, param="Last-Event-ID", code="invalid_last_event_id")
+    return seq
 
 
 async def _sse_stream(

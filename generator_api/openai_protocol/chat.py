@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.api.request_model import RequestModel
 from core.config import Settings
 from core.engine.sampling import SamplingParams
 
@@ -22,7 +23,7 @@ from .common import (
 )
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(RequestModel):
     model_config = ConfigDict(extra="allow")
     type: str = "text"
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from core.api.request_model import RequestModel
 from core.config import Settings
 from core.engine.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP_STRINGS, SamplingParams
 from core.errors import InvalidRequest
@@ -45,7 +46,7 @@ def invalid_value(param: str, message: str) -> InvalidRequest:
     return InvalidRequest(message, param=param, code="invalid_value")
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestModel):
     model_config = _STRICT
     include_usage: bool = False
     # vLLM: with include_usage, every chunk carries its choice's usage so far.
@@ -62,7 +63,7 @@ class PromptLogprob(BaseModel):
 PromptLogprobs = list[dict[str, PromptLogprob] | None]
 
 
-class _SamplingRequest(BaseModel):
+class _SamplingRequest(RequestModel):
     """Fields shared by completions and chat completions."""
 
     model_config = _STRICT
@@ -212,7 +213,7 @@ class _SamplingRequest(BaseModel):
             raise InvalidRequest(message, param=param) from None
 
 
-class ContentPart(BaseModel):
+class ContentPart(RequestModel):
     """One part of a message's content; only ``{"type": "text"}`` parts are supported."""
 
     model_config = ConfigDict(extra="allow")
@@ -220,10 +221,9 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(
-        extra="allow"
-    )  # tool_calls, refusal...: rendered if a template uses them
+class ChatMessage(RequestModel):
+    # tool_calls, refusal...: rendered if a template uses them
+    model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.api.request_model import RequestModel
+
 from .common import _STRICT, ChatMessage, TokenId
 
 
@@ -28,7 +30,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestModel):
     """vLLM's two forms: ``prompt``, or chat ``messages`` rendered with the chat template."""
 
     model_config = _STRICT
@@ -48,7 +50,7 @@ class TokenizeResponse(BaseModel):
     token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(RequestModel):
     model_config = _STRICT
     model: str | None = Field(None, min_length=1, max_length=255)
     tokens: list[TokenId]
