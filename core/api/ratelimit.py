@@ -67,21 +67,17 @@ class RateLimiter:
 
     async def hit(self, identity: str) -> float | None:
         """Count one request; None when allowed, else the seconds until it would be."""
-        try:
-            limiter = self._limiter()
-            if await limiter.hit(self.item, identity):
-                return None
-            stats = await limiter.get_window_stats(self.item, identity)
-        except Exception:
-            self._warn_storage_failed()
-            return None
-        return max(1.0, stats.reset_time - time.time())
+        return await self._check(identity, count=True)
 
     async def exhausted(self, identity: str) -> float | None:
         """Like ``hit`` but counts nothing: None while the identity has budget left."""
+        return await self._check(identity, count=False)
+
+    async def _check(self, identity: str, *, count: bool) -> float | None:
         try:
             limiter = self._limiter()
-            if await limiter.test(self.item, identity):
+            test = limiter.hit if count else limiter.test
+            if await test(self.item, identity):
                 return None
             stats = await limiter.get_window_stats(self.item, identity)
         except Exception:

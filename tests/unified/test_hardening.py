@@ -215,7 +215,9 @@ def test_websocket_frames_over_the_body_limit_close_1009(
     server = live_server(create_app(settings))
     with httpx.Client(base_url=server.url, timeout=60) as client:
         wait_ready(client)
-        run = client.post("/api/generator/run", json={"kind": "text", "prompts": ["a"], "max_tokens": 2})
+        run = client.post(
+            "/api/generator/run", json={"kind": "text", "prompts": ["a"], "max_tokens": 2}
+        )
         assert run.status_code == 202, run.text
         run_id = run.json()["id"]
     for path in ("/api/generator/stream", f"/api/generator/ws/{run_id}?after=0"):
@@ -335,7 +337,9 @@ def test_types_are_as_strict_as_the_schema_says(unified: tuple[LiveServer, httpx
     # A single stop string is accepted, and the schema says so.
     stop = stop_schema(client.get("/openapi.json").json())
     assert {"string", "array"} <= {option.get("type") for option in stop["anyOf"]}
-    accepted = client.post("/api/generator/run", json={"kind": "text", "prompts": ["a"], "stop": "AAA"})
+    accepted = client.post(
+        "/api/generator/run", json={"kind": "text", "prompts": ["a"], "stop": "AAA"}
+    )
     assert accepted.status_code == 202, accepted.text
     # A boolean or a numeric string where the schema says number or integer is refused.
     quality = {"kind": "quality", "model": NANO_MODEL, "max_repetition": False}
