@@ -1,5 +1,6 @@
-"""The asyncio client's streams: SSE text of ``/v1`` and interactive generation over
-``WS /api/generator/stream`` (aiohttp; no state of their own)."""
+"""The asyncio client's streams: SSE text of ``/v1``, interactive generation over
+``WS /api/generator/stream`` and a run's events over one WebSocket connection (aiohttp; no
+state of their own)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import Any
 
 import aiohttp
 
+from clients._follow import EventCursor
 from clients._sse import SSEDecoder, TextStream
 from clients.errors import RequestTimeout, TransportError, ws_handshake_error
-from clients.models import InteractiveEvent
+from clients.models import InteractiveEvent, RunEventPublic
 
 TRANSPORT = (aiohttp.ClientError, asyncio.TimeoutError)
 WS_MAX_MESSAGE = 16 * 2**20
+_WS_ENDED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
 async def text_pieces(
@@ -83,3 +86,23 @@ async def interactive_events(
         raise ws_handshake_error(exc.status, b"", exc.headers or {}, url) from exc
     except (*TRANSPORT, OSError) as exc:
         raise TransportError(f"WS {url}: {exc!r}", code="connection_error") from exc
+
+
+async def socket_events(
+    socket: aiohttp.ClientWebSocketResponse, cursor: EventCursor, idle_timeout: float | None
+) -> AsyncIterator[RunEventPublic]:
+    """A run's events on one connection, until it closes or breaks (`cursor` is told which)."""
+    cursor.connected()
+    while not cursor.finished:
+        message = await socket.receive(timeout=idle_timeout)
+        if message.type == aiohttp.WSMsgType.TEXT:
+            event = cursor.accept(message.data)
+            if event is not None:
+                yield event
+        elif message.type in _WS_ENDED:
+            code = message.data if message.type == aiohttp.WSMsgType.CLOSE else None
+            cursor.closed(code or socket.close_code, str(message.extra or ""))
+            return
+        else:  # ERROR, or a binary frame this protocol never sends
+            cursor.broken(socket.exception() or ValueError(message.type))
+            return

@@ -22,6 +22,7 @@ from clients._aio_streams import (
     TRANSPORT,
     WS_MAX_MESSAGE,
     interactive_events,
+    socket_events,
     text_pieces,
     transport_error,
 )
@@ -58,7 +59,6 @@ from clients.models import (
 T = TypeVar("T")
 
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-_WS_ENDED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
 class AsyncApiClient(BaseClient):
@@ -433,20 +433,8 @@ class AsyncApiClient(BaseClient):
                     timeout=timeout,
                     max_msg_size=WS_MAX_MESSAGE,
                 ) as socket:
-                    cursor.connected()
-                    while not cursor.finished:
-                        message = await socket.receive(timeout=self.ws_idle_timeout)
-                        if message.type == aiohttp.WSMsgType.TEXT:
-                            event = cursor.accept(message.data)
-                            if event is not None:
-                                yield event
-                        elif message.type in _WS_ENDED:
-                            code = message.data if message.type == aiohttp.WSMsgType.CLOSE else None
-                            cursor.closed(code or socket.close_code, str(message.extra or ""))
-                            break
-                        else:  # ERROR, or a binary frame this protocol never sends
-                            cursor.broken(socket.exception() or ValueError(message.type))
-                            break
+                    async for event in socket_events(socket, cursor, self.ws_idle_timeout):
+                        yield event
             except aiohttp.WSServerHandshakeError as exc:
                 raise ws_handshake_error(exc.status, b"", exc.headers or {}, url) from exc
             except (*TRANSPORT, OSError) as exc:
