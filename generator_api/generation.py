@@ -23,8 +23,8 @@ from core.engine.checkpoint import CheckpointError
 from core.engine.language_model import PREFILL_CHUNK, LanguageModel
 from core.engine.registry import InvalidModelNameError
 from core.engine.sampling import SamplingParams
-from core.engine.scheduler import StreamEvent
 from core.engine.sequence import CompletionOutput, TokenLogprob
+from core.engine.stream import StreamEvent
 from core.errors import InvalidRequest, NotFound, NotReady, Overloaded, PlatformError
 
 logger = logging.getLogger(__name__)

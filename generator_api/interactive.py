@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from core.api.errors import validation_code
-from core.engine.scheduler import GenerationError
+from core.engine.stream import GenerationError
 from core.errors import InvalidRequest, PlatformError
 
 from .generation import Generation

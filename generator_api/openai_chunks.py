@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any, Literal
 
-from core.engine.scheduler import StreamEvent
 from core.engine.sequence import FINISH_LENGTH, CompletionOutput, TokenLogprob
+from core.engine.stream import StreamEvent
 
 from .generation import Generation
 from .openai_protocol import (

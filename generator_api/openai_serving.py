@@ -26,8 +26,8 @@ from core.config import Settings
 from core.engine import ModelNotFoundError, Scheduler
 from core.engine.registry import InvalidModelNameError, ModelInfo
 from core.engine.sampling import SamplingParams
-from core.engine.scheduler import GenerationError
 from core.engine.sequence import CompletionOutput, TokenLogprob
+from core.engine.stream import GenerationError
 from core.errors import InvalidRequest, NotReady, PlatformError
 
 from .generation import (

@@ -19,8 +19,8 @@ from core.engine import GenerationStream, Scheduler
 from core.engine.corpus import Corpus, CorpusError, load_corpus, text_corpus
 from core.engine.creation import create_model
 from core.engine.sampling import SamplingParams
-from core.engine.scheduler import GenerationError
 from core.engine.sequence import CompletionOutput
+from core.engine.stream import GenerationError
 from core.engine.training import (
     TrainingConfig,
     TrainingStopped,

@@ -14,15 +14,10 @@ from .language_model import LanguageModel
 from .model import BDH, BDHConfig
 from .registry import ModelNotFoundError, ModelRegistry
 from .sampling import SamplingParams
-from .scheduler import (
-    EngineObserver,
-    EngineOverloaded,
-    GenerationError,
-    GenerationStream,
-    Scheduler,
-    SchedulerStats,
-    StreamEvent,
-)
+from .scheduler import EngineOverloaded, Scheduler
+from .slots import SlotPool
+from .stats import EngineObserver, SchedulerStats
+from .stream import GenerationError, GenerationStream, StreamEvent
 from .tokenizer import ByteTokenizer
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -42,6 +37,7 @@ __all__ = [
     "SamplingParams",
     "Scheduler",
     "SchedulerStats",
+    "SlotPool",
     "StreamEvent",
     "build_engine",
     "load_model",

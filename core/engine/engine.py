@@ -25,7 +25,9 @@ from . import kernels
 from .language_model import PREFILL_CHUNK, LanguageModel
 from .registry import ModelRegistry
 from .sampling import SamplingParams
-from .scheduler import EngineObserver, GenerationStream, Scheduler
+from .scheduler import Scheduler
+from .stats import EngineObserver
+from .stream import GenerationStream
 
 if TYPE_CHECKING:
     from core.config import Settings

@@ -17,7 +17,7 @@ from core.engine import (
     Scheduler,
     StreamEvent,
 )
-from core.engine.scheduler import EngineObserver
+from core.engine.stats import EngineObserver
 from tests.support.poll import poll_until
 
 from .conftest import nano_model
