@@ -10,6 +10,8 @@ Checks that need the server's settings answer 400 at submission on any server bu
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from benchmark_api.results import RESULT_MODELS
@@ -28,7 +30,7 @@ SPEC = ComponentSpec(
 )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, **options: Any) -> FastAPI:
     """The Benchmark component alone, with the same paths as in the unified server."""
     settings = settings or load_settings()
-    return create_base_app(settings, components=[SPEC], title="Hatchery Benchmark")
+    return create_base_app(settings, components=[SPEC], title="Hatchery Benchmark", **options)

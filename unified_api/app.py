@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -20,17 +19,11 @@ from fastapi import APIRouter, FastAPI
 from core.api.app import ComponentSpec, create_base_app
 from core.config import Settings, load_settings
 from unified_api.components import installed_specs
+from unified_api.dashboard import UI_DIR, dashboard_options
 
 logger = logging.getLogger(__name__)
 
-UI_DIR = Path(__file__).resolve().parent / "ui"
-DASHBOARD_FILES = {
-    "/ui/": UI_DIR / "index.html",
-    "/ui/dashboard.js": UI_DIR / "dashboard.js",
-    "/ui/dashboard.css": UI_DIR / "dashboard.css",
-    "/ui/templates.json": UI_DIR / "templates.json",
-}
-DASHBOARD_REDIRECTS = {"/ui": "/ui/"}
+__all__ = ["UI_DIR", "create_app"]
 
 
 def create_app(
@@ -53,10 +46,8 @@ def create_app(
         settings,
         components=components,
         routers=routers,
-        public_files=DASHBOARD_FILES,
-        public_redirects=DASHBOARD_REDIRECTS,
         title="Hatchery",
-        **options,
+        **(dashboard_options() | options),
     )
     logger.debug("unified app serves components %s", [spec.name for spec in components])
     return app

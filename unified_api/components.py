@@ -71,9 +71,11 @@ class Component:
         spec: ComponentSpec = self._require().SPEC
         return spec
 
-    def create_app(self, settings: Settings | None = None) -> FastAPI:
-        """The component served alone, with the same paths as in the unified server."""
-        app: FastAPI = self._require().create_app(settings)
+    def create_app(self, settings: Settings | None = None, **options: Any) -> FastAPI:
+        """The component served alone, with the same paths as in the unified server.
+
+        ``options`` go to ``core.api.app.create_base_app`` (e.g. the dashboard's files)."""
+        app: FastAPI = self._require().create_app(settings, **options)
         return app
 
     def result_model(self, kind: str) -> type[BaseModel] | None:

@@ -32,6 +32,7 @@ from core.api.middleware import configure_logging
 from core.config import Settings, load_settings
 from unified_api.app import create_app as create_unified_app
 from unified_api.components import ALL, SERVE_TARGETS, component
+from unified_api.dashboard import dashboard_options
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,10 @@ def resolve_options(
 
 
 def build_app(target: str, settings: Settings) -> FastAPI:
-    """The app ``target`` names: the unified one or a component's own."""
+    """The app ``target`` names: the unified one or a component's own, with the dashboard."""
     if target == ALL:
         return create_unified_app(settings)
-    return component(target).create_app(settings)
+    return component(target).create_app(settings, **dashboard_options())
 
 
 def app_from_environment() -> FastAPI:

@@ -195,7 +195,7 @@ class PublicFilesMiddleware:
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Content-Security-Policy": (
-            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; "
             "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
         ),
     }
