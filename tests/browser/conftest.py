@@ -71,7 +71,10 @@ def browser() -> Iterator[Any]:
 
 def browser_settings(root: Path, models_dir: Path, **overrides: Any) -> Settings:
     """A real engine on bdh-nano, a fresh SQLite store, quick benchmarks allowed."""
-    base: dict[str, Any] = {"executor.grace_s": 2, "executor.concurrency": {"test": 2, "generator": 2, "benchmark": 2}}
+    base: dict[str, Any] = {
+        "executor.grace_s": 2,
+        "executor.concurrency": {"test": 2, "generator": 2, "benchmark": 2},
+    }
     return engine_settings(f"sqlite:///{root / 'hatchery.db'}", models_dir, **(base | overrides))
 
 

@@ -56,10 +56,22 @@ def test_the_apis_validation_error_is_shown_next_to_its_field(
     assert "#/start" in page.url  # nothing was started
 
 
-def test_a_test_report_filters_its_failed_cases(unified: LiveServer, page: Any, shoot: Shoot) -> None:
+def test_a_test_report_filters_its_failed_cases(
+    unified: LiveServer, page: Any, shoot: Shoot
+) -> None:
     cases = [
-        {"name": "says something", "prompt": "ROMEO:", "expect": {"regex": "[\\s\\S]"}, "max_tokens": 8},
-        {"name": "impossible", "prompt": "ROMEO:", "expect": {"exact": "never this text"}, "max_tokens": 8},
+        {
+            "name": "says something",
+            "prompt": "ROMEO:",
+            "expect": {"regex": "[\\s\\S]"},
+            "max_tokens": 8,
+        },
+        {
+            "name": "impossible",
+            "prompt": "ROMEO:",
+            "expect": {"exact": "never this text"},
+            "max_tokens": 8,
+        },
     ]
     with api_client(unified) as client:
         run_id = start(client, "test", {"kind": "prompts", "cases": cases})
@@ -116,7 +128,9 @@ def test_a_model_created_from_the_form_trains_with_a_live_curve(
     form.locator(".field[data-field=corpus] input").fill("")
     form.locator(".field[data-field=steps] input").fill("60")
     form.locator("details.more > summary").click()
-    form.locator(".field[data-field=text] textarea").fill("To be, or not to be, that is the question. " * 40)
+    form.locator(".field[data-field=text] textarea").fill(
+        "To be, or not to be, that is the question. " * 40
+    )
     form.locator(".field[data-field=block_size] input").fill("32")
     form.locator(".field[data-field=batch_size] input").fill("4")
     form.locator(".field[data-field=eval_every] input").fill("30")
@@ -140,11 +154,16 @@ def test_a_model_created_from_the_form_trains_with_a_live_curve(
 
 def test_the_playground_streams_a_chat_reply(unified: LiveServer, page: Any, shoot: Shoot) -> None:
     posted: list[str] = []
-    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and posted.append(r.post_data or ""))
+    page.on(
+        "request",
+        lambda r: r.url.endswith("/v1/chat/completions") and posted.append(r.post_data or ""),
+    )
     page.goto(f"{unified.url}/ui/#/playground")
     expect(page.locator("select[name=model] option")).not_to_have_count(0)
     page.locator("input[name=seed]").fill("7")
-    page.locator("input[name=max_tokens]").evaluate("(knob) => { knob.value = '24'; }")
+    page.locator("input[name=max_tokens]").evaluate(
+        "(knob) => { knob.value = '24'; knob.dispatchEvent(new Event('input')); }"
+    )
     page.locator("textarea[name=prompt]").fill("Speak, friend.")
     page.get_by_role("button", name="Send").click()
     reply = page.locator(".msg.assistant pre")
@@ -157,7 +176,9 @@ def test_the_playground_streams_a_chat_reply(unified: LiveServer, page: Any, sho
 
 def test_a_text_run_shows_its_completions(unified: LiveServer, page: Any) -> None:
     with api_client(unified) as client:
-        run_id = start(client, "generator", {"kind": "text", "prompts": ["ROMEO:", "JULIET:"], "max_tokens": 8})
+        run_id = start(
+            client, "generator", {"kind": "text", "prompts": ["ROMEO:", "JULIET:"], "max_tokens": 8}
+        )
         assert finished(client, "generator", run_id)["status"] == "succeeded"
     page.goto(f"{unified.url}/ui/#/run/generator/{run_id}")
     expect(page.locator("table.grid tbody tr")).to_have_count(2)

@@ -27,3 +27,11 @@ def test_docs_pages_reference_only_local_assets_and_those_are_served(tmp_path: P
                 answer = client.get(url)
                 assert answer.status_code == 200 and answer.content, url
         assert "validatorUrl" in client.get("/docs").text  # no call-out to the validator badge
+
+
+def test_docs_pages_keep_the_browser_on_this_origin(tmp_path: Path) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'docs.db'}")
+    with TestClient(create_app(settings, engine_factory=no_engine)) as client:
+        for page in ("/docs", "/redoc"):
+            policy = client.get(page).headers["content-security-policy"]
+            assert "default-src 'self'" in policy and "img-src 'self' data:;" in policy, page

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ from tests.support.server import LiveServer
 from tests.unified.helpers import installed_components, nano_settings, wait_ready
 from unified_api.app import UI_DIR, create_app
 from unified_api.components import COMPONENTS, component
+from unified_api.dashboard import dashboard_files
+from unified_api.serve import build_app
 
 LiveServerFactory = Callable[[FastAPI], LiveServer]
 SYSTEM_PATHS = ("/health", "/ready", "/info", "/stats", "/metrics")
@@ -68,17 +71,25 @@ def test_dashboard_is_served_without_a_build_step_or_cdn(
         page = client.get("/ui/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "default-src 'self'" in page.headers["content-security-policy"]
-        script = client.get("/ui/dashboard.js")
-        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        scripts = {path: client.get(path) for path in dashboard_files() if path.endswith(".js")}
+        assert "/ui/js/main.js" in scripts and 'src="js/main.js"' in page.text
+        for path, script in scripts.items():
+            assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+            # Every module a module imports is served too (no bundler resolves them).
+            for name in re.findall(r'from "\./([\w.]+)"', script.text):
+                assert f"/ui/js/{name}" in scripts, (path, name)
         assert client.get("/ui/dashboard.css").headers["content-type"].startswith("text/css")
         assert client.get("/ui/templates.json").json().keys() == set(COMPONENTS)
-        for text in (page.text, script.text):
+        code = "".join(script.text for script in scripts.values())
+        # The SVG namespace is a name, not an address anything is loaded from.
+        for text in (page.text, code.replace('"http://www.w3.org/2000/svg"', "")):
             assert "http://" not in text and "https://" not in text  # nothing from a CDN
         # The page's calls are the API's own routes.
-        for path in ("/api/runs", "/info", "/health", "/run", "/cancel/", "/results/", "/ws/"):
-            assert path in script.text
+        for path in ("/api/runs", "/info", "/ready", "/run", "/cancel/", "/results/", "/v1/"):
+            assert path in code
         # Only the named files: no directory lookups.
         assert client.get("/ui/index.html").status_code == 404
+        assert client.get("/ui/js/../index.html").status_code == 404
         assert client.get("/ui/missing.js").status_code == 404
 
 
@@ -216,3 +227,14 @@ def test_default_settings_serve_the_shipped_model(
         body = completion.json()
         assert body["model"] == "bdh-shakespeare"
         assert body["usage"]["completion_tokens"] == 8
+
+
+def test_a_component_served_by_hatchery_serve_carries_the_dashboard(
+    tmp_path: Path, models_dir: Path, live_server: LiveServerFactory
+) -> None:
+    settings = nano_settings(tmp_path, models_dir, **{"model.preload": []})
+    server = live_server(build_app("generator", settings))
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/ui/").status_code == 200
+        assert client.get("/ui/js/main.js").status_code == 200
+        assert client.get("/info").json()["features"]["dashboard"] is True

@@ -146,6 +146,12 @@ export async function streamSse(path, body, onData, signal) {
 // The OpenAPI document, fetched once: start forms are generated from its request schemas.
 let openapi = null;
 export async function openApi() {
-  if (!openapi) openapi = api("/openapi.json");
+  if (!openapi) {
+    // A refusal (no key yet) is not kept: the next call, with a key, asks again.
+    openapi = api("/openapi.json").catch((error) => {
+      openapi = null;
+      throw error;
+    });
+  }
   return openapi;
 }

@@ -17,7 +17,8 @@ function ticks(low, high, count = 5) {
   const step = 10 ** Math.floor(Math.log10((high - low) / count));
   const nice = [1, 2, 5, 10].map((f) => f * step).find((s) => (high - low) / s <= count) || step * 10;
   const result = [];
-  for (let value = Math.ceil(low / nice) * nice; value <= high + nice * 1e-9; value += nice) result.push(value);
+  for (let value = Math.ceil(low / nice) * nice; value <= high + nice * 1e-9; value += nice)
+    result.push(value);
   return result;
 }
 
@@ -65,10 +66,13 @@ export class LineChart {
   draw() {
     const node = this.node;
     node.setAttribute("data-points", String(this.pointCount())); // what tests and tools read
-    node.replaceChildren(svg("text", { x: SIZE.left, y: 11, class: "chart-title" }, this.title));
+    const heading = this.yLabel ? `${this.title} (${this.yLabel})` : this.title;
+    node.replaceChildren(svg("text", { x: SIZE.left, y: 11, class: "chart-title" }, heading));
     const all = [...this.series.values()].flat();
     if (!all.length) {
-      node.append(svg("text", { x: SIZE.width / 2, y: SIZE.height / 2, class: "chart-empty" }, "no points yet"));
+      node.append(
+        svg("text", { x: SIZE.width / 2, y: SIZE.height / 2, class: "chart-empty" }, "no points yet"),
+      );
       return;
     }
     const xs = all.map((p) => p[0]);
@@ -82,7 +86,15 @@ export class LineChart {
     const sx = (x) => SIZE.left + ((x - x0) / (x1 - x0)) * plotW;
     const sy = (y) => SIZE.top + (1 - (y - y0) / (y1 - y0)) * plotH;
     for (const value of ticks(y0, y1)) {
-      node.append(svg("line", { x1: SIZE.left, x2: SIZE.width - SIZE.right, y1: sy(value), y2: sy(value), class: "grid" }));
+      node.append(
+        svg("line", {
+          x1: SIZE.left,
+          x2: SIZE.width - SIZE.right,
+          y1: sy(value),
+          y2: sy(value),
+          class: "grid",
+        }),
+      );
       node.append(svg("text", { x: SIZE.left - 4, y: sy(value) + 4, class: "tick y" }, label(value)));
     }
     const xTicks = this.xLabels ? this.xLabels.map((_, i) => i) : ticks(x0, x1);
@@ -91,10 +103,11 @@ export class LineChart {
       node.append(svg("text", { x: sx(value), y: SIZE.height - SIZE.bottom + 14, class: "tick x" }, text));
     }
     node.append(svg("text", { x: SIZE.left + plotW / 2, y: SIZE.height - 4, class: "axis" }, this.xLabel));
-    node.append(svg("text", { x: 4, y: SIZE.top - 2, class: "axis y" }, this.yLabel));
     [...this.series.entries()].forEach(([name, points], index) => {
       const color = COLORS[index % COLORS.length];
-      const path = points.map(([x, y], i) => `${i ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
+      const path = points
+        .map(([x, y], i) => `${i ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`)
+        .join(" ");
       node.append(svg("path", { d: path, stroke: color, class: "line", "data-series": name }));
       for (const [x, y] of points.length <= 60 ? points : []) {
         node.append(svg("circle", { cx: sx(x), cy: sy(y), r: 2.5, fill: color }));

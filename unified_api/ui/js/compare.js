@@ -5,7 +5,11 @@ import { api } from "./api.js";
 import { LineChart } from "./chart.js";
 import { errorBox, h, number, replace, when } from "./dom.js";
 
-const rowLabel = (params) => Object.entries(params).filter(([, v]) => v !== null).map(([k, v]) => `${k.replace("_size", "").replace("new_tokens", "new")}=${v}`).join(" ");
+const rowLabel = (params) =>
+  Object.entries(params)
+    .filter(([, v]) => v !== null)
+    .map(([k, v]) => `${k.replace("_size", "").replace("new_tokens", "new")}=${v}`)
+    .join(" ");
 const runLabel = (run) => `${run.model || "?"} ${run.id.slice(0, 6)}`;
 
 export function mount(root, ctx, params) {
@@ -13,14 +17,57 @@ export function mount(root, ctx, params) {
   const picker = h("div.scroll.picker");
   const output = h("div");
   const button = h("button.primary", { type: "button", onclick: () => compare() }, "Compare");
-  replace(root, h("section.card", h("h2", "Compare benchmark runs"), h("p.muted", "Pick two or more finished runs of the same kind; the first picked is the baseline."), picker, h("div.toolbar", button)), output);
+  replace(
+    root,
+    h(
+      "section.card",
+      h("h2", "Compare benchmark runs"),
+      h("p.muted", "Pick two or more finished runs of the same kind; the first picked is the baseline."),
+      picker,
+      h("div.toolbar", button),
+    ),
+    output,
+  );
 
   async function listRuns() {
     try {
       const page = await api("/api/runs?component=benchmark&status=succeeded&limit=100");
-      replace(picker, page.data.length ? h("table.grid", h("tbody", page.data.map((run) => h("tr",
-        h("td", h("input", { type: "checkbox", value: run.id, checked: chosen.has(run.id), onchange: (e) => (e.target.checked ? chosen.add(run.id) : chosen.delete(run.id)) })),
-        h("td", run.kind), h("td", run.model || "—"), h("td", h("a", { href: `#/run/benchmark/${run.id}` }, run.id.slice(0, 8))), h("td.muted", when(run.created_at)))))) : h("p.muted", "No finished benchmark runs yet."));
+      replace(
+        picker,
+        page.data.length
+          ? h(
+              "table.grid",
+              h(
+                "thead",
+                h(
+                  "tr",
+                  ["", "kind", "model", "run", "created"].map((label) => h("th", label)),
+                ),
+              ),
+              h(
+                "tbody",
+                page.data.map((run) =>
+                  h(
+                    "tr",
+                    h(
+                      "td",
+                      h("input", {
+                        type: "checkbox",
+                        value: run.id,
+                        checked: chosen.has(run.id),
+                        onchange: (e) => (e.target.checked ? chosen.add(run.id) : chosen.delete(run.id)),
+                      }),
+                    ),
+                    h("td", run.kind),
+                    h("td", run.model || "—"),
+                    h("td", h("a", { href: `#/run/benchmark/${run.id}` }, run.id.slice(0, 8))),
+                    h("td.muted", when(run.created_at)),
+                  ),
+                ),
+              ),
+            )
+          : h("p.muted", "No finished benchmark runs yet."),
+      );
     } catch (error) {
       replace(picker, errorBox(error));
     }
@@ -37,13 +84,21 @@ export function mount(root, ctx, params) {
   }
 
   function draw(result) {
-    const metricSelect = h("select", { name: "metric", onchange: () => render() }, result.metrics.map((m) => h("option", { value: m }, m)));
+    const metricSelect = h(
+      "select",
+      { name: "metric", onchange: () => render() },
+      result.metrics.map((m) => h("option", { value: m }, m)),
+    );
     const chartBox = h("div.chart-box", { dataset: { chart: "compare" } });
     const tableBox = h("div.scroll");
     const render = () => {
       const metric = metricSelect.value;
       const labels = result.rows.map((row) => rowLabel(row.params));
-      const chart = new LineChart({ title: metric, xLabel: "row", yLabel: metric, xLabels: labels.map((_, i) => String(i + 1)) });
+      const chart = new LineChart({
+        title: metric,
+        xLabel: "row (see the table)",
+        xLabels: labels.map((_, i) => String(i + 1)),
+      });
       for (const run of result.runs) {
         result.rows.forEach((row, index) => {
           const value = (row.values[run.id] || {})[metric];
@@ -51,15 +106,52 @@ export function mount(root, ctx, params) {
         });
       }
       replace(chartBox, chart.node);
-      replace(tableBox, h("table.grid.compare",
-        h("thead", h("tr", h("th", "#"), h("th", "parameters"), result.runs.map((run) => h("th", runLabel(run), run.id === result.baseline ? " (baseline)" : "")))),
-        h("tbody", result.rows.map((row, index) => h("tr", h("td", index + 1), h("td", labels[index]), result.runs.map((run) => {
-          const value = (row.values[run.id] || {})[metric];
-          const ratio = (row.ratios[run.id] || {})[metric];
-          return h("td.num", number(value), ratio != null ? h("span.ratio", ` ×${number(ratio, 3)}`) : null);
-        }))))));
+      replace(
+        tableBox,
+        h(
+          "table.grid.compare",
+          h(
+            "thead",
+            h(
+              "tr",
+              h("th", "#"),
+              h("th", "parameters"),
+              result.runs.map((run) =>
+                h("th", runLabel(run), run.id === result.baseline ? " (baseline)" : ""),
+              ),
+            ),
+          ),
+          h(
+            "tbody",
+            result.rows.map((row, index) =>
+              h(
+                "tr",
+                h("td", index + 1),
+                h("td", labels[index]),
+                result.runs.map((run) => {
+                  const value = (row.values[run.id] || {})[metric];
+                  const ratio = (row.ratios[run.id] || {})[metric];
+                  return h(
+                    "td.num",
+                    number(value),
+                    ratio != null ? h("span.ratio", ` ×${number(ratio, 3)}`) : null,
+                  );
+                }),
+              ),
+            ),
+          ),
+        ),
+      );
     };
-    replace(output, h("section.card", h("div.heading", h("h3", `${result.kind} comparison`), h("label", "Metric ", metricSelect)), chartBox, tableBox));
+    replace(
+      output,
+      h(
+        "section.card",
+        h("div.heading", h("h3", `${result.kind} comparison`), h("label", "Metric ", metricSelect)),
+        chartBox,
+        tableBox,
+      ),
+    );
     render();
   }
 

@@ -76,14 +76,22 @@ export function seconds(value) {
 export function table(columns, rows, { className = "grid", rowClass } = {}) {
   return h(
     `table.${className}`,
-    h("thead", h("tr", columns.map((column) => h("th", column.label)))),
+    h(
+      "thead",
+      h(
+        "tr",
+        columns.map((column) => h("th", column.label)),
+      ),
+    ),
     h(
       "tbody",
       rows.map((row) =>
         h(
           "tr",
           { className: rowClass ? rowClass(row) : undefined },
-          columns.map((column) => h(`td${column.className ? `.${column.className}` : ""}`, column.value(row))),
+          columns.map((column) =>
+            h(`td${column.className ? `.${column.className}` : ""}`, column.value(row)),
+          ),
         ),
       ),
     ),
@@ -91,7 +99,8 @@ export function table(columns, rows, { className = "grid", rowClass } = {}) {
 }
 
 export function errorBox(error) {
-  const message = error.status === 401 ? "This server needs an API key: enter it at the top right." : error.message;
+  const message =
+    error.status === 401 ? "This server needs an API key: enter it at the top right." : error.message;
   return h("p.error", { role: "alert" }, message, error.code ? h("code", ` ${error.code}`) : null);
 }
 

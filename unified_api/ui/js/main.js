@@ -39,7 +39,9 @@ async function loadContext() {
   const parameters = (listing && listing.get && listing.get.parameters) || [];
   let templateNames = [];
   if (info.components.includes("generator")) {
-    templateNames = (await api("/api/generator/templates").catch(() => ({ data: [] }))).data.map((t) => t.name);
+    templateNames = (await api("/api/generator/templates").catch(() => ({ data: [] }))).data.map(
+      (t) => t.name,
+    );
   }
   return {
     info,
@@ -57,7 +59,9 @@ async function loadContext() {
 
 function drawHeader() {
   const info = ctx && ctx.info;
-  $("#server-info").textContent = info ? `${info.name} ${info.version} · ${info.components.join(", ")} · model ${info.default_model}` : "";
+  $("#server-info").textContent = info
+    ? `${info.name} ${info.version} · ${info.components.join(", ")} · model ${info.default_model}`
+    : "";
   $("#nav-models").hidden = !(info && info.components.includes("generator"));
   $("#nav-playground").hidden = !(info && info.features.openai);
   $("#nav-compare").hidden = !(info && info.components.includes("benchmark"));
@@ -66,7 +70,9 @@ function drawHeader() {
 async function health() {
   const badgeNode = $("#health");
   try {
-    const ready = await fetch(`${BASE}/ready`, { headers: apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {} });
+    const ready = await fetch(`${BASE}/ready`, {
+      headers: apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {},
+    });
     badgeNode.textContent = ready.ok ? "ready" : ready.status === 401 ? "locked" : "not ready";
     badgeNode.className = `badge ${ready.ok ? "succeeded" : "queued"}`;
   } catch (_) {
@@ -82,7 +88,11 @@ function route() {
   const [path, query = ""] = location.hash.replace(/^#\/?/, "").split("?");
   const [name, ...args] = path.split("/").filter(Boolean);
   const page = ROUTES[name] ? name : "runs";
-  document.querySelectorAll("nav a").forEach((link) => link.classList.toggle("active", link.dataset.page === (page === "run" ? "runs" : page)));
+  document
+    .querySelectorAll("nav a")
+    .forEach((link) =>
+      link.classList.toggle("active", link.dataset.page === (page === "run" ? "runs" : page)),
+    );
   if (!ctx) return;
   cleanup = ROUTES[page](root, ctx, new URLSearchParams(query), args) || (() => {});
 }

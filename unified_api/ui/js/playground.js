@@ -20,7 +20,12 @@ export function mount(root, ctx, params) {
   const messages = [];
   let controller = null;
   const modelSelect = h("select", { name: "model" });
-  const mode = h("select", { name: "mode", onchange: () => layout() }, h("option", { value: "chat" }, "chat"), h("option", { value: "completion" }, "completion"));
+  const mode = h(
+    "select",
+    { name: "mode", onchange: () => layout() },
+    h("option", { value: "chat" }, "chat"),
+    h("option", { value: "completion" }, "completion"),
+  );
   const stream = h("input", { type: "checkbox", name: "stream", checked: true });
   const seed = h("input", { type: "number", name: "seed", placeholder: "random", step: 1 });
   const stop = h("input", { type: "text", name: "stop", placeholder: "comma-separated" });
@@ -30,8 +35,22 @@ export function mount(root, ctx, params) {
   const usage = h("p.muted.usage");
   const problems = h("div");
   const send = h("button.primary", { type: "submit" }, "Send");
-  const abort = h("button", { type: "button", disabled: true, onclick: () => controller && controller.abort() }, "Stop");
-  const clear = h("button", { type: "button", onclick: () => { messages.length = 0; transcript.replaceChildren(); } }, "Clear");
+  const abort = h(
+    "button",
+    { type: "button", disabled: true, onclick: () => controller && controller.abort() },
+    "Stop",
+  );
+  const clear = h(
+    "button",
+    {
+      type: "button",
+      onclick: () => {
+        messages.length = 0;
+        transcript.replaceChildren();
+      },
+    },
+    "Clear",
+  );
   const knobs = KNOBS.map(([name, label, value, min, max, step]) => {
     const input = h("input", { type: "range", name, min, max, step, value });
     const shown = h("output", String(value));
@@ -49,7 +68,10 @@ export function mount(root, ctx, params) {
     const body = {};
     for (const knob of knobs) body[knob.name] = Number(knob.input.value);
     if (seed.value !== "") body.seed = Number(seed.value);
-    const stops = stop.value.split(",").map((s) => s.trim()).filter(Boolean);
+    const stops = stop.value
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean);
     if (stops.length) body.stop = stops;
     return body;
   }
@@ -81,14 +103,20 @@ export function mount(root, ctx, params) {
     const path = chat ? "/v1/chat/completions" : "/v1/completions";
     try {
       if (body.stream) {
-        await streamSse(path, body, (chunk) => {
-          if (chunk.usage) usage.textContent = `${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens`;
-          for (const choice of chunk.choices || []) {
-            const piece = chat ? (choice.delta || {}).content : choice.text;
-            if (piece) reply.textContent += piece;
-            if (choice.finish_reason) reply.dataset.finish = choice.finish_reason;
-          }
-        }, controller.signal);
+        await streamSse(
+          path,
+          body,
+          (chunk) => {
+            if (chunk.usage)
+              usage.textContent = `${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens`;
+            for (const choice of chunk.choices || []) {
+              const piece = chat ? (choice.delta || {}).content : choice.text;
+              if (piece) reply.textContent += piece;
+              if (choice.finish_reason) reply.dataset.finish = choice.finish_reason;
+            }
+          },
+          controller.signal,
+        );
       } else {
         const answer = await api(path, { method: "POST", body });
         const choice = answer.choices[0];
@@ -99,7 +127,13 @@ export function mount(root, ctx, params) {
       if (chat) messages.push({ role: "assistant", content: reply.textContent });
     } catch (error) {
       if (error.name !== "AbortError") replace(problems, errorBox(error));
-      if (chat && messages.length && messages[messages.length - 1].role === "user" && error.name !== "AbortError") messages.pop();
+      if (
+        chat &&
+        messages.length &&
+        messages[messages.length - 1].role === "user" &&
+        error.name !== "AbortError"
+      )
+        messages.pop();
     } finally {
       send.disabled = false;
       abort.disabled = true;
@@ -107,20 +141,40 @@ export function mount(root, ctx, params) {
     }
   }
 
-  replace(root, h("section.card.playground",
-    h("h2", "Playground"),
-    h("div.toolbar", h("label", "Model ", modelSelect), h("label", "Mode ", mode), h("label.inline", stream, " stream"), h("label", "Seed ", seed), h("label", "Stop ", stop)),
-    h("div.knobs", knobs.map((knob) => knob.node)),
-    systemBox, transcript,
-    h("form.prompt", { onsubmit: submit }, prompt, h("div.toolbar", send, abort, clear)),
-    usage, problems));
+  replace(
+    root,
+    h(
+      "section.card.playground",
+      h("h2", "Playground"),
+      h(
+        "div.toolbar",
+        h("label", "Model ", modelSelect),
+        h("label", "Mode ", mode),
+        h("label.inline", stream, " stream"),
+        h("label", "Seed ", seed),
+        h("label", "Stop ", stop),
+      ),
+      h(
+        "div.knobs",
+        knobs.map((knob) => knob.node),
+      ),
+      systemBox,
+      transcript,
+      h("form.prompt", { onsubmit: submit }, prompt, h("div.toolbar", send, abort, clear)),
+      usage,
+      problems,
+    ),
+  );
   layout();
 
   (async () => {
     try {
       const models = (await api("/v1/models")).data.map((m) => m.id);
       const wanted = params.get("model") || ctx.info.default_model;
-      replace(modelSelect, models.map((id) => h("option", { value: id, selected: id === wanted }, id)));
+      replace(
+        modelSelect,
+        models.map((id) => h("option", { value: id, selected: id === wanted }, id)),
+      );
     } catch (error) {
       replace(problems, errorBox(error));
     }

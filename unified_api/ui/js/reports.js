@@ -12,7 +12,13 @@ const spread = (value) => (value && typeof value === "object" ? value.median : v
 function details(value) {
   const entries = Object.entries(value || {});
   if (!entries.length) return "";
-  return h("dl.details", entries.map(([key, item]) => [h("dt", key), h("dd", typeof item === "object" ? JSON.stringify(item) : String(item))]));
+  return h(
+    "dl.details",
+    entries.map(([key, item]) => [
+      h("dt", key),
+      h("dd", typeof item === "object" ? JSON.stringify(item) : String(item)),
+    ]),
+  );
 }
 
 export function testView() {
@@ -21,17 +27,33 @@ export function testView() {
   const holder = h("div");
   const failedOnly = h("input", { type: "checkbox", name: "failed-only", onchange: () => draw() });
   const draw = () => {
-    const shown = failedOnly.checked ? cases.filter((c) => c.status === "failed" || c.status === "errored") : cases;
-    replace(holder, shown.length ? table([
-      { label: "status", value: (c) => badge(c.status, "case-") },
-      { label: "case", value: (c) => c.name },
-      { label: "duration", value: (c) => `${number(c.duration_ms, 3)} ms`, className: "num" },
-      { label: "details", value: (c) => details(c.details) },
-    ], shown, { className: "grid report", rowClass: (c) => `case-${c.status}` }) : h("p.muted", failedOnly.checked ? "No failed cases." : "No cases yet."));
+    const shown = failedOnly.checked
+      ? cases.filter((c) => c.status === "failed" || c.status === "errored")
+      : cases;
+    replace(
+      holder,
+      shown.length
+        ? table(
+            [
+              { label: "status", value: (c) => badge(c.status, "case-") },
+              { label: "case", value: (c) => c.name },
+              { label: "duration", value: (c) => `${number(c.duration_ms, 3)} ms`, className: "num" },
+              { label: "details", value: (c) => details(c.details) },
+            ],
+            shown,
+            { className: "grid report", rowClass: (c) => `case-${c.status}` },
+          )
+        : h("p.muted", failedOnly.checked ? "No failed cases." : "No cases yet."),
+    );
   };
   draw();
   return {
-    node: h("section.card", h("div.heading", h("h3", "Test report"), h("label.inline", failedOnly, " failed only")), summary, holder),
+    node: h(
+      "section.card",
+      h("div.heading", h("h3", "Test report"), h("label.inline", failedOnly, " failed only")),
+      summary,
+      holder,
+    ),
     onEvent(event) {
       if (event.type === "attempt") cases.length = 0;
       if (event.type !== "case") return;
@@ -41,7 +63,11 @@ export function testView() {
     showResult(result) {
       cases.splice(0, cases.length, ...result.cases);
       const outcome = result.outcome || (result.failed || result.errored ? "failed" : "passed");
-      replace(summary, badge(outcome, "outcome-"), ` ${result.passed} passed, ${result.failed} failed, ${result.skipped} skipped, ${result.errored} errored in ${number(result.duration_ms / 1000)} s`);
+      replace(
+        summary,
+        badge(outcome, "outcome-"),
+        ` ${result.passed} passed, ${result.failed} failed, ${result.skipped} skipped, ${result.errored} errored in ${number(result.duration_ms / 1000)} s`,
+      );
       draw();
     },
   };
@@ -53,7 +79,17 @@ export function trainingView() {
   const speed = h("p.muted");
   const result = h("div");
   return {
-    node: h("section.card", h("h3", "Training"), h("div.charts", h("div.chart-box", { dataset: { chart: "loss" } }, loss.node), h("div.chart-box", { dataset: { chart: "bpb" } }, bpb.node)), speed, result),
+    node: h(
+      "section.card",
+      h("h3", "Training"),
+      h(
+        "div.charts",
+        h("div.chart-box", { dataset: { chart: "loss" } }, loss.node),
+        h("div.chart-box", { dataset: { chart: "bpb" } }, bpb.node),
+      ),
+      speed,
+      result,
+    ),
     onEvent(event) {
       if (event.type === "attempt") {
         loss.reset();
@@ -67,15 +103,32 @@ export function trainingView() {
     },
     showResult(model) {
       const metrics = model.metrics || {};
-      replace(result, table([
-        { label: "model", value: () => h("a", { href: `#/models?name=${encodeURIComponent(model.name)}` }, model.name) },
-        { label: "template", value: () => model.template },
-        { label: "parameters", value: () => number(model.parameters) },
-        { label: "size", value: () => bytes(model.size_bytes) },
-        { label: "final loss", value: () => number(metrics.final_loss) },
-        { label: "val bits/byte", value: () => number(metrics.val_bits_per_byte) },
-        { label: "tokens seen", value: () => number(metrics.tokens_seen) },
-      ], [model]), h("p", h("a", { href: `#/playground?model=${encodeURIComponent(model.name)}` }, "Try it in the playground →")));
+      replace(
+        result,
+        table(
+          [
+            {
+              label: "model",
+              value: () => h("a", { href: `#/models?name=${encodeURIComponent(model.name)}` }, model.name),
+            },
+            { label: "template", value: () => model.template },
+            { label: "parameters", value: () => number(model.parameters) },
+            { label: "size", value: () => bytes(model.size_bytes) },
+            { label: "final loss", value: () => number(metrics.final_loss) },
+            { label: "val bits/byte", value: () => number(metrics.val_bits_per_byte) },
+            { label: "tokens seen", value: () => number(metrics.tokens_seen) },
+          ],
+          [model],
+        ),
+        h(
+          "p",
+          h(
+            "a",
+            { href: `#/playground?model=${encodeURIComponent(model.name)}` },
+            "Try it in the playground →",
+          ),
+        ),
+      );
     },
   };
 }
@@ -83,7 +136,13 @@ export function trainingView() {
 export function textView() {
   const live = new Map(); // choice -> text so far
   const holder = h("div");
-  const drawLive = () => replace(holder, [...live.entries()].map(([choice, text]) => h("div.completion", h("span.muted", `choice ${choice}`), h("pre", text))));
+  const drawLive = () =>
+    replace(
+      holder,
+      [...live.entries()].map(([choice, text]) =>
+        h("div.completion", h("span.muted", `choice ${choice}`), h("pre", text)),
+      ),
+    );
   return {
     node: h("section.card", h("h3", "Completions"), holder),
     onEvent(event) {
@@ -93,13 +152,23 @@ export function textView() {
       drawLive();
     },
     showResult(result) {
-      replace(holder, table([
-        { label: "prompt", value: (c) => c.prompt_index },
-        { label: "choice", value: (c) => c.index },
-        { label: "text", value: (c) => h("pre", c.text) },
-        { label: "finish", value: (c) => c.finish_reason || "—" },
-        { label: "tokens", value: (c) => `${c.usage.prompt_tokens} + ${c.usage.completion_tokens}`, className: "num" },
-      ], result.completions));
+      replace(
+        holder,
+        table(
+          [
+            { label: "prompt", value: (c) => c.prompt_index },
+            { label: "choice", value: (c) => c.index },
+            { label: "text", value: (c) => h("pre", c.text) },
+            { label: "finish", value: (c) => c.finish_reason || "—" },
+            {
+              label: "tokens",
+              value: (c) => `${c.usage.prompt_tokens} + ${c.usage.completion_tokens}`,
+              className: "num",
+            },
+          ],
+          result.completions,
+        ),
+      );
     },
   };
 }
@@ -116,10 +185,18 @@ const ENGINE_COLUMNS = [
   { label: "TPOT ms", value: (r) => number(spread(r.tpot_ms)), className: "num" },
   { label: "decode tok/s", value: (r) => number(spread(r.decode_tokens_per_s)), className: "num" },
   { label: "peak MB", value: (r) => number(r.peak_memory_mb), className: "num" },
-  { label: "roofline", value: (r) => (r.roofline_fraction == null ? "—" : `${number(r.roofline_fraction * 100)} %`), className: "num" },
+  {
+    label: "roofline",
+    value: (r) => (r.roofline_fraction == null ? "—" : `${number(r.roofline_fraction * 100)} %`),
+    className: "num",
+  },
 ];
 
-const latency = (name, part) => ({ label: `${name} ${part}`, value: (l) => number(l[`${name.toLowerCase()}_ms`][part]), className: "num" });
+const latency = (name, part) => ({
+  label: `${name} ${part}`,
+  value: (l) => number(l[`${name.toLowerCase()}_ms`][part]),
+  className: "num",
+});
 const SERVING_COLUMNS = [
   { label: "concurrency", value: (l) => l.concurrency ?? "∞", className: "num" },
   { label: "rate req/s", value: (l) => l.request_rate ?? "max", className: "num" },
@@ -127,7 +204,11 @@ const SERVING_COLUMNS = [
   { label: "errors", value: (l) => l.errors, className: "num" },
   { label: "req/s", value: (l) => number(l.request_throughput), className: "num" },
   { label: "out tok/s", value: (l) => number(l.output_tokens_per_s), className: "num" },
-  latency("TTFT", "mean"), latency("TTFT", "p99"), latency("TPOT", "mean"), latency("ITL", "p50"), latency("E2E", "p99"),
+  latency("TTFT", "mean"),
+  latency("TTFT", "p99"),
+  latency("TPOT", "mean"),
+  latency("ITL", "p50"),
+  latency("E2E", "p99"),
 ];
 
 export function benchmarkView(run) {
@@ -146,12 +227,19 @@ export function benchmarkView(run) {
       progress.replaceChildren();
       const image = h("img.plot", { alt: `plot of benchmark ${run.id}` });
       const csvButton = h("button", { type: "button", onclick: () => saveCsv(run, holder) }, "Download CSV");
-      const rows = result.kind === "engine" ? table(ENGINE_COLUMNS, result.rows) : table(SERVING_COLUMNS, result.levels);
+      const rows =
+        result.kind === "engine" ? table(ENGINE_COLUMNS, result.rows) : table(SERVING_COLUMNS, result.levels);
       const env = result.environment || {};
-      replace(holder,
+      replace(
+        holder,
         h("div.toolbar", csvButton, h("a.button", { href: `#/compare?ids=${run.id}` }, "Compare with…")),
-        h("p.muted", `${env.device_name || env.device || ""} · torch ${env.torch_version || "?"} · ${env.cores || "?"} cores${env.bandwidth_gb_s ? ` · copy bandwidth ${number(env.bandwidth_gb_s)} GB/s` : ""}`),
-        image, h("div.scroll", rows));
+        h(
+          "p.muted",
+          `${env.device_name || env.device || ""} · torch ${env.torch_version || "?"} · ${env.cores || "?"} cores${env.bandwidth_gb_s ? ` · copy bandwidth ${number(env.bandwidth_gb_s)} GB/s` : ""}`,
+        ),
+        image,
+        h("div.scroll", rows),
+      );
       try {
         image.src = await blobUrl(`/api/benchmark/results/${run.id}/plot.png`);
       } catch (error) {

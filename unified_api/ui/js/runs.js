@@ -11,7 +11,16 @@ const REFRESH_MS = 10000; // picks up runs started elsewhere
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 function select(name, label, options, value) {
-  return h("label", label, h("select", { name }, h("option", { value: "" }, "all"), options.map((option) => h("option", { value: option, selected: option === value }, option))));
+  return h(
+    "label",
+    label,
+    h(
+      "select",
+      { name },
+      h("option", { value: "" }, "all"),
+      options.map((option) => h("option", { value: option, selected: option === value }, option)),
+    ),
+  );
 }
 
 export function mount(root, ctx, params) {
@@ -29,7 +38,15 @@ export function mount(root, ctx, params) {
   const body = h("tbody");
   const count = h("span.muted");
   const status = h("div");
-  const compareButton = h("button", { type: "button", disabled: true, onclick: () => (location.hash = `#/compare?ids=${[...picked].join(",")}`) }, "Compare selected");
+  const compareButton = h(
+    "button",
+    {
+      type: "button",
+      disabled: true,
+      onclick: () => (location.hash = `#/compare?ids=${[...picked].join(",")}`),
+    },
+    "Compare selected",
+  );
   const pager = h("div.pager");
 
   const kinds = [...new Set(Object.values(ctx.kinds).flat())];
@@ -40,7 +57,11 @@ export function mount(root, ctx, params) {
     select("kind", "Kind", kinds, filters.kind),
     select("status", "Status", STATUSES, filters.status),
     ctx.outcomeFilter ? select("outcome", "Outcome", ["passed", "failed"], filters.outcome) : null,
-    h("label", "Model", h("input", { name: "model", type: "search", value: filters.model, placeholder: "any", size: 14 })),
+    h(
+      "label",
+      "Model",
+      h("input", { name: "model", type: "search", value: filters.model, placeholder: "any", size: 14 }),
+    ),
     h("button", { type: "button", onclick: () => load() }, "Refresh"),
     compareButton,
   );
@@ -83,13 +104,21 @@ export function mount(root, ctx, params) {
       }
     }
     rows.clear();
-    replace(body, page.data.length ? page.data.map(row) : h("tr", h("td.muted", { colSpan: 10 }, "No runs match. Start one from the Start page.")));
+    replace(
+      body,
+      page.data.length
+        ? page.data.map(row)
+        : h("tr", h("td.muted", { colSpan: 10 }, "No runs match. Start one from the Start page.")),
+    );
     const last = Math.min(offset + page.data.length, page.count);
     count.textContent = page.count ? `${offset + 1}–${last} of ${page.count}` : "0 runs";
     replace(
       pager,
       h("button", { type: "button", disabled: offset === 0, onclick: () => turn(-PAGE) }, "← Newer"),
-      h("span.muted", `page ${Math.floor(offset / PAGE) + 1} of ${Math.max(1, Math.ceil(page.count / PAGE))}`),
+      h(
+        "span.muted",
+        `page ${Math.floor(offset / PAGE) + 1} of ${Math.max(1, Math.ceil(page.count / PAGE))}`,
+      ),
       h("button", { type: "button", disabled: last >= page.count, onclick: () => turn(PAGE) }, "Older →"),
     );
     for (const run of page.data) if (!TERMINAL.has(run.status)) follow(run);
@@ -110,7 +139,15 @@ export function mount(root, ctx, params) {
       action: h("td.actions"),
     };
     rows.set(run.id, { run, cells });
-    const pick = run.component === "benchmark" && run.status === "succeeded" ? h("input", { type: "checkbox", title: "pick for compare", checked: picked.has(run.id), onchange: (event) => toggle(run.id, event.target.checked) }) : null;
+    const pick =
+      run.component === "benchmark" && run.status === "succeeded"
+        ? h("input", {
+            type: "checkbox",
+            title: "pick for compare",
+            checked: picked.has(run.id),
+            onchange: (event) => toggle(run.id, event.target.checked),
+          })
+        : null;
     const tr = h(
       "tr",
       { dataset: { run: run.id } },
@@ -141,12 +178,21 @@ export function mount(root, ctx, params) {
     if (!entry) return;
     entry.run = run;
     const { cells } = entry;
-    replace(cells.status, badge(run.status), run.attempts > 1 ? h("span.muted", ` attempt ${run.attempts}`) : null);
+    replace(
+      cells.status,
+      badge(run.status),
+      run.attempts > 1 ? h("span.muted", ` attempt ${run.attempts}`) : null,
+    );
     replace(cells.outcome, run.outcome ? badge(run.outcome, "outcome-") : h("span.muted", "—"));
     cells.progress.value = run.progress || 0;
     cells.progress.title = `${number((run.progress || 0) * 100, 3)} %`;
     cells.message.textContent = run.error ? `${run.error.code}: ${run.error.message}` : run.message || "";
-    replace(cells.action, TERMINAL.has(run.status) ? null : h("button.small.danger", { type: "button", onclick: () => cancel(run) }, "Cancel"));
+    replace(
+      cells.action,
+      TERMINAL.has(run.status)
+        ? null
+        : h("button.small.danger", { type: "button", onclick: () => cancel(run) }, "Cancel"),
+    );
   }
 
   async function cancel(run) {
@@ -159,16 +205,21 @@ export function mount(root, ctx, params) {
 
   function follow(run) {
     if (followers.has(run.id) || followers.size >= MAX_FOLLOWED) return;
-    const handle = followRun(run, (event) => {
-      const entry = rows.get(run.id);
-      if (!entry) return;
-      const current = { ...entry.run };
-      if (event.type === "status") current.status = event.data.status;
-      if (event.type === "progress") Object.assign(current, { progress: event.data.progress, message: event.data.message });
-      if (event.type === "attempt") current.attempts = event.data.attempt;
-      update(current);
-      if (event.type === "status" && TERMINAL.has(event.data.status)) refresh(run);
-    }, { onClose: () => followers.delete(run.id) });
+    const handle = followRun(
+      run,
+      (event) => {
+        const entry = rows.get(run.id);
+        if (!entry) return;
+        const current = { ...entry.run };
+        if (event.type === "status") current.status = event.data.status;
+        if (event.type === "progress")
+          Object.assign(current, { progress: event.data.progress, message: event.data.message });
+        if (event.type === "attempt") current.attempts = event.data.attempt;
+        update(current);
+        if (event.type === "status" && TERMINAL.has(event.data.status)) refresh(run);
+      },
+      { onClose: () => followers.delete(run.id) },
+    );
     followers.set(run.id, handle);
   }
 
@@ -185,9 +236,38 @@ export function mount(root, ctx, params) {
   }, REFRESH_MS);
   replace(
     root,
-    h("section.card", h("div.heading", h("h2", "Runs"), count, h("a.button", { href: "#/start" }, "Start a run")), form, status,
-      h("div.scroll", h("table.grid.runs", h("thead", h("tr", ["", "created", "component", "kind", "model", "status", "outcome", "progress", "message", ""].map((label) => h("th", label)))), body)),
-      pager),
+    h(
+      "section.card",
+      h("div.heading", h("h2", "Runs"), count, h("a.button", { href: "#/start" }, "Start a run")),
+      form,
+      status,
+      h(
+        "div.scroll",
+        h(
+          "table.grid.runs",
+          h(
+            "thead",
+            h(
+              "tr",
+              [
+                "",
+                "created",
+                "component",
+                "kind",
+                "model",
+                "status",
+                "outcome",
+                "progress",
+                "message",
+                "",
+              ].map((label) => h("th", label)),
+            ),
+          ),
+          body,
+        ),
+      ),
+      pager,
+    ),
   );
   load();
   return () => {

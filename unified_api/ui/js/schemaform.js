@@ -62,7 +62,16 @@ function field(name, rawSchema, initial, resolve, path, errors, hints) {
   errors.set(path.join("."), error);
   const title = schema.title || name;
   const help = schema.description ? h("small.help", schema.description) : null;
-  const wrap = (control, extra) => h("div.field", { dataset: { field: path.join(".") } }, h("label", { htmlFor: id }, title), control, extra, help, error);
+  const wrap = (control, extra) =>
+    h(
+      "div.field",
+      { dataset: { field: path.join(".") } },
+      h("label", { htmlFor: id }, title),
+      control,
+      extra,
+      help,
+      error,
+    );
 
   if (schema.const !== undefined) return { node: null, read: () => schema.const };
   if (schema.type === "boolean") {
@@ -70,23 +79,53 @@ function field(name, rawSchema, initial, resolve, path, errors, hints) {
     return { node: wrap(box), read: () => box.checked };
   }
   if (schema.enum) {
-    const select = h("select", { id, name }, nullable || value === undefined ? h("option", { value: "" }, "(default)") : null, schema.enum.map((option) => h("option", { value: String(option), selected: option === value }, String(option))));
-    return { node: wrap(select), read: () => (select.value === "" ? undefined : schema.enum.find((o) => String(o) === select.value)) };
+    const select = h(
+      "select",
+      { id, name },
+      nullable || value === undefined ? h("option", { value: "" }, "(default)") : null,
+      schema.enum.map((option) =>
+        h("option", { value: String(option), selected: option === value }, String(option)),
+      ),
+    );
+    return {
+      node: wrap(select),
+      read: () => (select.value === "" ? undefined : schema.enum.find((o) => String(o) === select.value)),
+    };
   }
   if (schema.type === "integer" || schema.type === "number") {
-    const input = h("input", { id, name, type: "number", step: schema.type === "integer" ? "1" : "any", value: value ?? "", placeholder: nullable ? "default" : "" });
-    for (const [bound, attr] of [["minimum", "min"], ["maximum", "max"]]) if (schema[bound] !== undefined) input.setAttribute(attr, schema[bound]);
+    const input = h("input", {
+      id,
+      name,
+      type: "number",
+      step: schema.type === "integer" ? "1" : "any",
+      value: value ?? "",
+      placeholder: nullable ? "default" : "",
+    });
+    for (const [bound, attr] of [
+      ["minimum", "min"],
+      ["maximum", "max"],
+    ])
+      if (schema[bound] !== undefined) input.setAttribute(attr, schema[bound]);
     return { node: wrap(input), read: () => (input.value === "" ? undefined : Number(input.value)) };
   }
   if (schema.type === "string") {
     const long = (schema.maxLength || 0) > 2000 || ["text", "prompt"].includes(name);
-    const input = long ? h("textarea", { id, name, rows: 3, value: value ?? "" }) : h("input", { id, name, type: "text", value: value ?? "", placeholder: nullable ? "default" : "" });
+    const input = long
+      ? h("textarea", { id, name, rows: 3, value: value ?? "" })
+      : h("input", { id, name, type: "text", value: value ?? "", placeholder: nullable ? "default" : "" });
     if (hints[name]) {
-      const list = h("datalist", { id: `${id}-list` }, hints[name].map((option) => h("option", { value: option })));
+      const list = h(
+        "datalist",
+        { id: `${id}-list` },
+        hints[name].map((option) => h("option", { value: option })),
+      );
       input.setAttribute("list", list.id);
       return { node: wrap(input, list), read: () => (input.value === "" ? undefined : input.value) };
     }
-    return { node: wrap(input), read: () => (input.value === "" && (nullable || !schema.minLength) ? undefined : input.value) };
+    return {
+      node: wrap(input),
+      read: () => (input.value === "" && (nullable || !schema.minLength) ? undefined : input.value),
+    };
   }
   if (schema.type === "array" && isPrimitive(resolve(schema.items || {}))) {
     return listField(name, schema, value, resolve, id, wrap);
@@ -99,7 +138,12 @@ function field(name, rawSchema, initial, resolve, path, errors, hints) {
     return { node: h("fieldset.nested", h("legend", title), help, form.node, error), read: form.read };
   }
   // Free-form values (dicts, unions of objects): edited as JSON, the one place left for it.
-  const area = h("textarea.json", { id, name, rows: 3, value: value === undefined ? "" : JSON.stringify(value, null, 1) });
+  const area = h("textarea.json", {
+    id,
+    name,
+    rows: 3,
+    value: value === undefined ? "" : JSON.stringify(value, null, 1),
+  });
   return {
     node: wrap(area),
     read: () => {
@@ -118,9 +162,14 @@ function listField(name, schema, value, resolve, id, wrap) {
   const item = resolve(schema.items);
   const strings = item.type === "string" && !item.enum;
   const text = Array.isArray(value) ? value.join(strings ? "\n" : ", ") : "";
-  const input = strings ? h("textarea", { id, name, rows: 2, value: text, placeholder: "one per line" }) : h("input", { id, name, type: "text", value: text, placeholder: "comma-separated" });
+  const input = strings
+    ? h("textarea", { id, name, rows: 2, value: text, placeholder: "one per line" })
+    : h("input", { id, name, type: "text", value: text, placeholder: "comma-separated" });
   const read = () => {
-    const parts = input.value.split(strings ? "\n" : ",").map((part) => (strings ? part : part.trim())).filter((part) => part !== "");
+    const parts = input.value
+      .split(strings ? "\n" : ",")
+      .map((part) => (strings ? part : part.trim()))
+      .filter((part) => part !== "");
     if (!parts.length) return undefined;
     return item.type === "integer" || item.type === "number" ? parts.map(Number) : parts;
   };
@@ -135,7 +184,12 @@ function objectList(title, itemSchema, value, resolve, path, errors, hints, erro
     const index = items.length;
     const form = objectForm(itemSchema, initial || {}, resolve, [...path, String(index)], errors, hints);
     const entry = { form, node: null };
-    entry.node = h("fieldset.item", h("legend", `${itemSchema.title || "item"} ${index + 1}`), form.node, h("button.small", { type: "button", onclick: () => remove(entry) }, "remove"));
+    entry.node = h(
+      "fieldset.item",
+      h("legend", `${itemSchema.title || "item"} ${index + 1}`),
+      form.node,
+      h("button.small", { type: "button", onclick: () => remove(entry) }, "remove"),
+    );
     items.push(entry);
     holder.append(entry.node);
   };
@@ -144,7 +198,14 @@ function objectList(title, itemSchema, value, resolve, path, errors, hints, erro
     entry.node.remove();
   };
   (Array.isArray(value) && value.length ? value : []).forEach(add);
-  const node = h("fieldset.nested", h("legend", title), help, holder, h("button.small", { type: "button", onclick: () => add({}) }, `add ${itemSchema.title || "item"}`), error);
+  const node = h(
+    "fieldset.nested",
+    h("legend", title),
+    help,
+    holder,
+    h("button.small", { type: "button", onclick: () => add({}) }, `add ${itemSchema.title || "item"}`),
+    error,
+  );
   return { node, read: () => (items.length ? items.map((entry) => entry.form.read()) : undefined) };
 }
 
@@ -160,7 +221,9 @@ function objectForm(schema, initial, resolve, path, errors, hints, { advanced = 
     const prominent = !advanced || required.has(name) || name in initial;
     (prominent ? main : more).append(made.node);
   }
-  const node = more.childElementCount ? h("div", main, h("details.more", h("summary", "More options"), more)) : main;
+  const node = more.childElementCount
+    ? h("div", main, h("details.more", h("summary", "More options"), more))
+    : main;
   const read = () => {
     const result = {};
     for (const [name, made] of fields) {
