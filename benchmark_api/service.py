@@ -282,11 +282,10 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def _registry(context: RunContext) -> ModelRegistry:
-    registry = getattr(context.engine, "registry", None)
-    if isinstance(registry, ModelRegistry):
-        return registry
-    model = context.settings.model
-    return ModelRegistry(model.models_dir, device=model.device, dtype=model.dtype)
+    """The engine's registry (models it serves load once), else one from the settings."""
+    if context.engine is None:
+        return ModelRegistry.from_settings(context.settings)
+    return context.engine.registry
 
 
 def _config_of(registry: ModelRegistry, name: str) -> BDHConfig:

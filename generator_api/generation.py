@@ -25,6 +25,7 @@ from core.engine.registry import InvalidModelNameError
 from core.engine.sampling import SamplingParams
 from core.engine.sequence import CompletionOutput, TokenLogprob
 from core.engine.stream import StreamEvent
+from core.engine_protocol import ModelEngine, require_engine
 from core.errors import InvalidRequest, NotFound, NotReady, Overloaded, PlatformError
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,10 @@ def model_not_found(name: str, detail: str | None = None) -> NotFound:
     )
 
 
-def open_scheduler_sync(engine: Any, model: str) -> Scheduler:
+def open_scheduler_sync(engine: ModelEngine | None, model: str) -> Scheduler:
     """The model's scheduler (blocking: may load the model); platform errors for failures."""
-    if engine is None:
-        raise NotReady("this server runs without a model engine", code="engine_unavailable")
     try:
-        scheduler: Scheduler = engine.scheduler(model)
+        scheduler = require_engine(engine).scheduler(model)
     except (ModelNotFoundError, InvalidModelNameError) as exc:
         raise model_not_found(model, str(exc)) from exc
     except CheckpointError as exc:
@@ -58,13 +57,13 @@ def open_scheduler_sync(engine: Any, model: str) -> Scheduler:
     return scheduler
 
 
-async def open_scheduler(engine: Any, model: str) -> Scheduler:
+async def open_scheduler(engine: ModelEngine | None, model: str) -> Scheduler:
     """`open_scheduler_sync` in a worker thread, unless the model's scheduler already runs:
     then it is a dictionary lookup, done here (a thread hop per request costs milliseconds
-    of time to first token when the engine keeps both cores busy)."""
+    of time to first token when the engine keeps the cores busy)."""
     if engine is not None:
         try:
-            scheduler: Scheduler | None = engine.started_scheduler(model)
+            scheduler = engine.started_scheduler(model)
         except RuntimeError as exc:  # the engine is shutting down
             raise NotReady(str(exc), code="engine_unavailable") from exc
         if scheduler is not None:

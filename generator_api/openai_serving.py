@@ -24,11 +24,12 @@ from starlette.requests import HTTPConnection
 
 from core.config import Settings
 from core.engine import ModelNotFoundError, Scheduler
-from core.engine.registry import InvalidModelNameError, ModelInfo
+from core.engine.registry import InvalidModelNameError, ModelInfo, ModelRegistry
 from core.engine.sampling import SamplingParams
 from core.engine.sequence import CompletionOutput, TokenLogprob
 from core.engine.stream import GenerationError
-from core.errors import InvalidRequest, NotReady, PlatformError
+from core.engine_protocol import ModelEngine, require_engine
+from core.errors import InvalidRequest, PlatformError
 
 from .generation import (
     Generation,
@@ -76,7 +77,7 @@ logger = logging.getLogger(__name__)
 class OpenAIServing:
     """Built once per app (see `openai.get_serving`): settings and the shared engine."""
 
-    def __init__(self, settings: Settings, engine: Any) -> None:
+    def __init__(self, settings: Settings, engine: ModelEngine | None) -> None:
         self.settings = settings
         self.engine = engine
 
@@ -341,10 +342,8 @@ class OpenAIServing:
 
     # Helpers ----------------------------------------------------------------------------------
 
-    def _registry(self) -> Any:
-        if self.engine is None:
-            raise NotReady("this server runs without a model engine", code="engine_unavailable")
-        return self.engine.registry
+    def _registry(self) -> ModelRegistry:
+        return require_engine(self.engine).registry
 
     async def _model_info(self, name: str) -> ModelInfo:
         registry = self._registry()

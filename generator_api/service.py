@@ -28,7 +28,8 @@ from core.engine.training import (
     get_template,
     training_schedule,
 )
-from core.errors import Conflict, InvalidRequest, NotReady, Overloaded, PlatformError
+from core.engine_protocol import require_engine
+from core.errors import Conflict, InvalidRequest, Overloaded, PlatformError
 from core.runs.context import RunContext
 
 from .generation import open_scheduler_sync, submit_one
@@ -233,9 +234,7 @@ class _TextBatch:
 
 
 def create_model_job(context: RunContext, request: ModelRunRequest) -> ModelRunResult:
-    engine = context.engine
-    if engine is None:
-        raise NotReady("this server runs without a model engine", code="engine_unavailable")
+    engine = require_engine(context.engine)
     registry = engine.registry
     if registry.exists(request.name) and not request.overwrite:
         raise Conflict(

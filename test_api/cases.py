@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import Settings
+from core.engine_protocol import ModelEngine
 from core.errors import PlatformError, RunCancelled
 from test_api.schemas import CaseResult, CaseStatus
 
@@ -88,7 +89,7 @@ class SuiteEnv:
     """What a suite gets to work with."""
 
     settings: Settings
-    engine: Any  # core.engine.Engine or None
+    engine: ModelEngine | None
     watchdog: Watchdog
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from core.config import Settings
-from core.engine import LanguageModel, ModelRegistry
+from core.engine import GenerationStream, LanguageModel, ModelRegistry
 from core.engine.checkpoint import CheckpointError
 from core.engine.language_model import PREFILL_CHUNK
 from core.engine.registry import (
@@ -28,6 +28,7 @@ from core.engine.registry import (
 from core.engine.sampling import SamplingParams
 from core.engine.scheduler import EngineOverloaded
 from core.engine.sequence import CompletionOutput, SequenceDecoder
+from core.engine_protocol import ModelEngine, require_engine
 from core.errors import InvalidRequest, NotFound, PlatformError
 from test_api.cases import Watchdog
 from test_api.schemas import ModelSuiteRequest
@@ -44,7 +45,7 @@ class ModelTarget:
     name: str
     info: ModelInfo
     registry: ModelRegistry
-    engine: Any
+    engine: ModelEngine | None
     device: torch.device
     dtype: torch.dtype
     lm: LanguageModel | None = None
@@ -52,9 +53,9 @@ class ModelTarget:
     @property
     def served(self) -> bool:
         """Whether the engine's scheduler runs this very (device, dtype) copy of the model."""
-        engine_registry = getattr(self.engine, "registry", None)
         return (
-            engine_registry is self.registry
+            self.engine is not None
+            and self.engine.registry is self.registry
             and self.registry.device == self.device
             and self.registry.dtype == self.dtype
         )
@@ -84,9 +85,11 @@ def load_or_fail(target: ModelTarget) -> LanguageModel:
         ) from None
 
 
-def find_target(settings: Settings, engine: Any, request: ModelSuiteRequest) -> ModelTarget:
+def find_target(
+    settings: Settings, engine: ModelEngine | None, request: ModelSuiteRequest
+) -> ModelTarget:
     """The model the request names, not yet loaded; NotFound ``model_not_found`` if absent."""
-    registry = _registry(settings, engine)
+    registry = ModelRegistry.from_settings(settings) if engine is None else engine.registry
     name = request.model or settings.model.default
     try:
         exists = registry.exists(name)
@@ -103,15 +106,6 @@ def find_target(settings: Settings, engine: Any, request: ModelSuiteRequest) -> 
     device = _device(request.device or settings.model.device)
     dtype = resolve_dtype(request.dtype or settings.model.dtype)
     return ModelTarget(name, registry.info(name), registry, engine, device, dtype)
-
-
-def _registry(settings: Settings, engine: Any) -> ModelRegistry:
-    registry = getattr(engine, "registry", None)
-    if isinstance(registry, ModelRegistry):
-        return registry
-    return ModelRegistry(
-        settings.model.models_dir, device=settings.model.device, dtype=settings.model.dtype
-    )
 
 
 def _device(name: str) -> torch.device:
@@ -178,18 +172,19 @@ def generate_served(
 
 def submit_served(
     target: ModelTarget, prompt_ids: list[int], params: SamplingParams, watchdog: Watchdog
-) -> Any:
+) -> GenerationStream:
     """Submit to the engine, waiting while its queue is full."""
+    engine = require_engine(target.engine)
     while True:
         try:
-            return target.engine.submit(target.name, prompt_ids, params)
+            return engine.submit(target.name, prompt_ids, params)
         except EngineOverloaded as exc:
             watchdog.check()
             logger.info("engine busy; retrying in %.2f s", exc.retry_after)
             _sleep_checked(min(exc.retry_after, 1.0), watchdog)
 
 
-def wait_for_stream(stream: Any, watchdog: Watchdog) -> None:
+def wait_for_stream(stream: GenerationStream, watchdog: Watchdog) -> None:
     while not stream.finished:
         watchdog.check()
         try:

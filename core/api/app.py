@@ -48,6 +48,7 @@ from core.api.security import AuthMiddleware, KeyRing
 from core.api.submission import SubmissionContextMiddleware
 from core.api.system import build_system_router
 from core.config import Settings
+from core.engine_protocol import EngineFactory, ModelEngine
 from core.runs.context import JobFn
 from core.runs.events import EventBus
 from core.runs.executor import JobTable, build_executor
@@ -58,7 +59,6 @@ from core.store.db import Store
 
 logger = logging.getLogger(__name__)
 
-EngineFactory = Callable[[Settings], Any]
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -128,7 +128,7 @@ def create_base_app(
     settings: Settings,
     *,
     components: Sequence[ComponentSpec],
-    engine: Any = None,
+    engine: ModelEngine | None = None,
     engine_factory: EngineFactory | None = None,
     title: str = "Hatchery",
     version: str | None = None,
@@ -244,7 +244,7 @@ def _add_middleware(
 
 def _make_lifespan(
     *,
-    engine: Any,
+    engine: ModelEngine | None,
     engine_factory: EngineFactory | None,
     event_queue_size: int,
     stop_grace_s: float,
@@ -296,7 +296,7 @@ def _make_lifespan(
     return lifespan
 
 
-def _build_engine(factory: EngineFactory, settings: Settings, observer: Any) -> Any:
+def _build_engine(factory: EngineFactory, settings: Settings, observer: Any) -> ModelEngine | None:
     """Call the factory, handing it the metrics observer when it can take one."""
     try:
         parameters = inspect.signature(factory).parameters
@@ -315,27 +315,23 @@ def _set_torch_threads(threads: int) -> None:
         logger.info("torch uses %d CPU threads", threads)
 
 
-def _preload_in_background(engine: Any) -> None:
+def _preload_in_background(engine: ModelEngine | None) -> None:
     """Load the preload models without holding up start-up: /ready says 503 until done."""
-    preload = getattr(engine, "preload", None)
-    if not callable(preload):
+    if engine is None:
         return
 
     def run() -> None:
         try:
-            preload()
+            engine.preload()
         except Exception:
             logger.exception("preloading models failed; they load on first use instead")
 
     threading.Thread(target=run, name="hatchery-preload", daemon=True).start()
 
 
-def _close(engine: Any) -> None:
-    for name in ("shutdown", "close"):
-        close = getattr(engine, name, None)
-        if callable(close):
-            close()
-            return
+def _close(engine: ModelEngine | None) -> None:
+    if engine is not None:
+        engine.shutdown()
 
 
 def _warn_if_exposed(settings: Settings) -> None:

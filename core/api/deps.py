@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 
 from core.api.security import Principal, PrincipalDep, get_principal
 from core.config import Settings
+from core.engine_protocol import ModelEngine
 from core.errors import NotReady
 from core.runs.events import EventBus
 from core.runs.executor import Executor
@@ -52,9 +53,10 @@ def get_executor(connection: HTTPConnection) -> Executor:
     return executor
 
 
-def get_engine(connection: HTTPConnection) -> Any:
-    """The shared model engine, or None when the app runs without one."""
-    return getattr(connection.app.state, "engine", None)
+def get_engine(connection: HTTPConnection) -> ModelEngine | None:
+    """The shared model engine, or None when the app runs without one (``no_engine``)."""
+    engine: ModelEngine | None = _state(connection, "engine")
+    return engine
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -62,7 +64,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 RunServiceDep = Annotated[RunService, Depends(get_run_service)]
 EventBusDep = Annotated[EventBus, Depends(get_event_bus)]
 ExecutorDep = Annotated[Executor, Depends(get_executor)]
-EngineDep = Annotated[Any, Depends(get_engine)]
+EngineDep = Annotated[ModelEngine | None, Depends(get_engine)]
 
 __all__ = [
     "EngineDep",

@@ -32,6 +32,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.api.middleware import PUBLIC_PATH_KEY
+from core.engine_protocol import ModelEngine
 from core.store.db import Store
 from core.store.models import Run
 
@@ -171,10 +172,10 @@ class _StateCollector(Collector):
                 store_up.add_metric([], 1)
                 for (component, status), count in sorted(counts.items()):
                     runs.add_metric([component, status], count)
-        engine = getattr(self._state, "engine", None)
-        stats = getattr(engine, "stats", None)
-        if callable(stats):
-            snapshot = stats()
+        # None before the lifespan built it, or on a server without an engine
+        engine: ModelEngine | None = getattr(self._state, "engine", None)
+        if engine is not None:
+            snapshot = engine.stats()
             ready.add_metric([], 1 if snapshot.get("ready") else 0)
             for model, numbers in snapshot.get("models", {}).items():
                 running.add_metric([model], numbers.get("running_requests", 0))

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.api.deps import EngineDep, PrincipalDep, SettingsDep, StoreDep
 from core.api.metrics import AppMetrics, iter_routes, runs_by_status
+from core.engine_protocol import ModelEngine
 from core.errors import ErrorResponse, NotReady
 
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -122,7 +123,7 @@ def build_system_router() -> APIRouter:
             python=platform.python_version(),
             torch=_distribution_version("torch"),
             torch_threads=_torch_threads(),
-            device=str(getattr(getattr(engine, "registry", None), "device", settings.model.device)),
+            device=settings.model.device if engine is None else str(engine.registry.device),
             dtype=settings.model.dtype,
             default_model=settings.model.default,
             models=models,
@@ -140,11 +141,10 @@ def build_system_router() -> APIRouter:
         runs: dict[str, dict[str, int]] = {}
         for (component, status), number in (await run_in_threadpool(count)).items():
             runs.setdefault(component, {})[status] = number
-        engine_stats = getattr(engine, "stats", None)
-        snapshot = await run_in_threadpool(engine_stats) if callable(engine_stats) else None
+        snapshot = None if engine is None else await run_in_threadpool(engine.stats)
         return Stats(
             process=process,
-            engine=EngineStats.model_validate(snapshot) if snapshot is not None else None,
+            engine=None if snapshot is None else EngineStats.model_validate(snapshot),
             runs=runs,
         )
 
@@ -164,11 +164,8 @@ def build_system_router() -> APIRouter:
     return router
 
 
-def _engine_ready(engine: Any) -> bool | None:
-    if engine is None:
-        return None
-    is_ready = getattr(engine, "is_ready", None)
-    return bool(is_ready()) if callable(is_ready) else True
+def _engine_ready(engine: ModelEngine | None) -> bool | None:
+    return None if engine is None else engine.is_ready()
 
 
 def _distribution_version(name: str) -> str | None:
@@ -183,13 +180,11 @@ def _torch_threads() -> int | None:
     return int(torch.get_num_threads()) if torch is not None else None
 
 
-def _model_summaries(engine: Any) -> list[ModelSummary]:
-    """The registry's models (reads their config files: blocking)."""
-    registry = getattr(engine, "registry", None)
-    if registry is None:
+def _model_summaries(engine: ModelEngine | None) -> list[ModelSummary]:
+    """The engine registry's models (reads their config files: blocking)."""
+    if engine is None:
         return []
-    loaded_names = getattr(engine, "loaded_models", None)
-    loaded = set(loaded_names()) if callable(loaded_names) else set()
+    registry, loaded = engine.registry, set(engine.loaded_models())
     return [
         ModelSummary(
             name=model.name,
@@ -202,7 +197,7 @@ def _model_summaries(engine: Any) -> list[ModelSummary]:
     ]
 
 
-def _features(request: Request, engine: Any) -> Features:
+def _features(request: Request, engine: ModelEngine | None) -> Features:
     settings = request.app.state.settings
     paths = {route.path for route in iter_routes(request.app)}
     return Features(

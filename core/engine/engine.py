@@ -204,11 +204,8 @@ def _warm_up(lm: LanguageModel) -> None:
 def build_engine(settings: Settings, *, observer: EngineObserver | None = None) -> Engine:
     """The engine the settings describe; nothing is loaded until `preload()` or first use."""
     kernels.set_threads(settings.model.decode_threads)
-    registry = ModelRegistry(
-        settings.model.models_dir, device=settings.model.device, dtype=settings.model.dtype
-    )
     return Engine(
-        registry,
+        ModelRegistry.from_settings(settings),
         max_batch=settings.generation.max_batch,
         max_waiting=settings.generation.max_waiting,
         preload=list(settings.model.preload),

@@ -14,13 +14,16 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_checkpoint, read_config
 from .language_model import LanguageModel
 from .model import BDH, BDHConfig
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,12 @@ class ModelRegistry:
         self.dtype = resolve_dtype(dtype)
         self._loaded: dict[tuple[str, str, str], LanguageModel] = {}
         self._lock = threading.RLock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The registry of `settings.model` (its directory, device and dtype)."""
+        model = settings.model
+        return cls(model.models_dir, device=model.device, dtype=model.dtype)
 
     def path_of(self, name: str) -> Path:
         """The model's directory, guaranteed to lie inside the models directory."""

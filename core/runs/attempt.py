@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from core.config import Settings
+from core.engine_protocol import ModelEngine
 from core.errors import PlatformError, RunCancelled
 from core.runs.context import JobFn, RunContext, StopReason, StopSignal
 from core.runs.service import RunService
@@ -53,7 +54,7 @@ def execute_attempt(
     table: JobTable,
     service: RunService,
     settings: Settings,
-    engine: Any,
+    engine: ModelEngine | None,
 ) -> None:
     """Run the job of ``run`` under ``lease`` and record how it ended.
 

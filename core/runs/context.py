@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from core.engine_protocol import ModelEngine
 from core.errors import RunCancelled
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class RunContext:
         lease: str,
         service: RunService,
         settings: Settings,
-        engine: Any,
+        engine: ModelEngine | None,
         stop: StopSignal,
     ) -> None:
         self.run_id = run_id

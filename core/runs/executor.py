@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from core.config import Settings
+from core.engine_protocol import EngineFactory, ModelEngine
 from core.runs.attempt import Held, JobTable, LeaseKeeper, execute_attempt
 from core.runs.context import StopReason, StopSignal
 from core.runs.service import RunService
@@ -84,7 +84,7 @@ class LocalExecutor(Executor):
         service: RunService,
         tables: Mapping[str, JobTable],
         settings: Settings,
-        engine: Any = None,
+        engine: ModelEngine | None = None,
         poll_s: float = 1.0,
     ) -> None:
         self.service = service
@@ -234,8 +234,8 @@ def build_executor(
     settings: Settings,
     service: RunService,
     tables: Mapping[str, JobTable],
-    engine: Any,
-    engine_factory: Any = None,
+    engine: ModelEngine | None,
+    engine_factory: EngineFactory | None = None,
 ) -> Executor:
     """The executor ``settings.executor.kind`` names, attached to ``service``.
 

@@ -34,6 +34,7 @@ import ray
 from sqlalchemy.engine import make_url
 
 from core.config import Settings
+from core.engine_protocol import EngineFactory
 from core.runs.attempt import Held, JobTable, LeaseKeeper
 from core.runs.context import StopReason, StopSignal
 from core.runs.executor import Executor, recover_stale
@@ -68,7 +69,7 @@ class RayExecutor(Executor):
         service: RunService,
         tables: Mapping[str, JobTable],
         settings: Settings,
-        engine_factory: Any = None,
+        engine_factory: EngineFactory | None = None,
         poll_s: float = 0.25,
     ) -> None:
         self.service = service

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.config import Settings
+from core.engine_protocol import EngineFactory, ModelEngine
 from core.runs.attempt import Held, JobTable, LeaseKeeper, execute_attempt
 from core.runs.context import StopSignal
 from core.runs.events import EventBus
@@ -37,7 +38,7 @@ class AttemptSpec:
     lease: str
     table: JobTable
     settings: dict[str, Any]  # Settings, dumped with paths made absolute
-    engine_factory: Any  # Settings -> engine (or None); a module-level function
+    engine_factory: EngineFactory  # a module-level function: Ray sends it by reference
 
 
 def actor_name(run_id: str) -> str:
@@ -62,7 +63,7 @@ def run_attempt(spec: AttemptSpec) -> str:
     settings = Settings.model_validate(spec.settings)
     store = Store(settings.store.url)
     service = RunService(store=store, bus=EventBus())  # an unbound bus: the store announces
-    engine = None
+    engine: ModelEngine | None = None
     try:
         run = service.get(run_id=spec.run_id)
         if run.status != RunStatus.running or run.worker_id != spec.lease:
@@ -102,7 +103,7 @@ def run_attempt(spec: AttemptSpec) -> str:
         store.dispose()
 
 
-def _close_engine(engine: Any) -> None:
+def _close_engine(engine: ModelEngine | None) -> None:
     if engine is None:
         return
     try:

@@ -262,11 +262,11 @@ def test_system_routes_and_openapi(client: httpx.Client) -> None:
 def test_ready_is_503_while_engine_is_not_ready(
     tmp_path: Path, live_server: Callable[[FastAPI], LiveServer]
 ) -> None:
-    class ColdEngine:
-        def is_ready(self) -> bool:
-            return False
+    from core.engine import Engine, ModelRegistry  # imports torch: only for this test
 
-    app = create_app(make_settings(f"sqlite:///{tmp_path / 'h.db'}"), engine=ColdEngine())
+    # A real engine whose preload model is not loaded yet (preload() was never called).
+    cold = Engine(ModelRegistry(tmp_path / "models"), max_batch=1, max_waiting=1, preload=["m"])
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'h.db'}"), engine=cold)
     with httpx.Client(base_url=live_server(app).url) as client:
         assert_error(client.get("/ready"), 503, "not_ready")
         assert client.get("/health").status_code == 200
