@@ -25,6 +25,7 @@ import pytest
 
 from core.config import Settings
 from tests.conftest import engine_settings
+from tests.support.poll import poll_until
 from tests.support.server import LiveServer
 from unified_api.app import create_app
 
@@ -79,14 +80,14 @@ def browser_settings(root: Path, models_dir: Path, **overrides: Any) -> Settings
 
 
 def wait_ready(url: str, headers: dict[str, str] | None = None) -> None:
-    import time
-
-    deadline = time.monotonic() + 120
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-        while client.get("/ready").status_code != 200:
-            if time.monotonic() > deadline:
-                raise AssertionError("server not ready after 120 s")
-            time.sleep(0.1)
+        poll_until(
+            lambda: client.get("/ready").status_code,
+            lambda status: status == 200,
+            timeout=120,
+            interval=0.1,
+            what=f"{url}/ready to answer 200",
+        )
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.sample_runs import wait_until
+from tests.support.poll import poll_until
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 # A benchmark small enough for a loaded CI machine: one row, one repeat.
@@ -30,11 +30,13 @@ def start(client: httpx.Client, component: str, body: dict[str, Any]) -> str:
 
 
 def finished(client: httpx.Client, component: str, run_id: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        run: dict[str, Any] = client.get(f"/api/{component}/status/{run_id}").json()
-        return run if run["status"] in TERMINAL else None
-
-    run: dict[str, Any] = wait_until(done, f"{component} run {run_id} to finish", timeout=240)
+    run: dict[str, Any] = poll_until(
+        lambda: client.get(f"/api/{component}/status/{run_id}").json(),
+        lambda run: run["status"] in TERMINAL,
+        timeout=240,
+        interval=0.1,
+        what=f"{component} run {run_id} to finish",
+    )
     return run
 
 

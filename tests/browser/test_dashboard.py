@@ -86,12 +86,22 @@ def test_a_test_report_filters_its_failed_cases(
     shoot("run-test-report")
 
 
-def test_a_benchmark_shows_its_plot_and_downloads_its_csv(
+def test_a_benchmark_started_from_the_form_shows_its_plot_and_downloads_its_csv(
     unified: LiveServer, page: Any, shoot: Shoot
 ) -> None:
-    with api_client(unified) as client:
-        run_id = succeeded_benchmark(client)
-    page.goto(f"{unified.url}/ui/#/run/benchmark/{run_id}")
+    page.goto(f"{unified.url}/ui/#/start?component=benchmark&kind=engine")
+    form = page.locator("form.request")
+    # Lists are typed as plain values (comma-separated), never as JSON.
+    for name, value in {"batch_sizes": "1", "context_lengths": "16", "new_tokens": "4"}.items():
+        form.locator(f".field[data-field={name}] input").fill(value)
+    form.locator(".field[data-field=repeats] input").fill("1")
+    form.locator("details.more > summary").click()
+    form.locator(".field[data-field=modes] input").fill("recurrent")
+    form.locator(".field[data-field=warmup] input").fill("0")
+    form.locator(".field[data-field=bandwidth_mb] input").fill("4")
+    form.locator("button[type=submit]").click()
+    page.wait_for_url(re.compile(r"#/run/benchmark/"))
+    run_id = page.url.rsplit("/", 1)[1]
     page.wait_for_function(PLOT_LOADED, timeout=120_000)
     expect(page.locator("table.grid tbody tr").first).to_contain_text("recurrent")
     with page.expect_download() as download:
@@ -182,3 +192,25 @@ def test_a_text_run_shows_its_completions(unified: LiveServer, page: Any) -> Non
         assert finished(client, "generator", run_id)["status"] == "succeeded"
     page.goto(f"{unified.url}/ui/#/run/generator/{run_id}")
     expect(page.locator("table.grid tbody tr")).to_have_count(2)
+
+
+def test_the_runs_page_follows_an_active_run_live_and_cancels_it(
+    unified: LiveServer, page: Any
+) -> None:
+    sockets: list[str] = []
+    page.on("websocket", lambda socket: sockets.append(socket.url))
+    text = "Now is the winter of our discontent made glorious summer. " * 40
+    with api_client(unified) as client:
+        run_id = start(
+            client,
+            "generator",
+            {"kind": "model", "name": "never-finished", "text": text, "steps": 5000},
+        )
+    page.goto(f"{unified.url}/ui/#/runs")
+    row = page.locator(f"tr[data-run='{run_id}']")
+    # Training progress ("step N/5000: loss ...") arrives as the run's own events.
+    expect(row.locator("td.message")).to_contain_text("/5000: loss")
+    assert any(f"/ws/{run_id}" in url for url in sockets), sockets
+    row.get_by_role("button", name="Cancel").click()
+    expect(row.locator(".badge.cancelled")).to_be_visible()
+    expect(row.get_by_role("button", name="Cancel")).to_have_count(0)

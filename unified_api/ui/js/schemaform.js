@@ -40,6 +40,11 @@ function unwrap(schema, resolve) {
   const real = options.map(resolve).filter((option) => option.type !== "null");
   const nullable = real.length < options.length;
   if (real.length === 1) return { nullable, schema: { ...real[0], ...pick(schema) } };
+  // "One or many" (X or a list of X): edited as the list, which a single value also is.
+  const list = real.find((option) => option.type === "array");
+  if (real.length === 2 && list && resolve(list.items || {}).type === real.find((o) => o !== list).type) {
+    return { nullable, schema: { ...list, ...pick(schema) } };
+  }
   return { nullable, schema: { ...schema, anyOf: real } };
 }
 
