@@ -16,8 +16,8 @@ from core.engine import ModelRegistry, SamplingParams
 from test_api.app import create_app
 from tests.support.poll import poll_until
 from tests.support.server import LiveServer, serve
-from tests.test_component.conftest import component_settings
-from tests.test_component.helpers import (
+from tests.test_api.conftest import component_settings
+from tests.test_api.helpers import (
     assert_clean,
     error_code,
     run_suite,

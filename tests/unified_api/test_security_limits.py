@@ -27,7 +27,7 @@ from core.api.security import PUBLIC_PATHS
 from tests.conftest import make_settings
 from tests.support.sample_component import create_app as create_sample_app
 from tests.support.server import LiveServer
-from tests.unified.helpers import REDIS_HOST, REDIS_PORT, nano_settings, redis_available
+from tests.unified_api.helpers import REDIS_HOST, REDIS_PORT, nano_settings, redis_available
 from unified_api.app import create_app
 
 LiveServerFactory = Callable[[FastAPI], LiveServer]

@@ -20,7 +20,7 @@ from benchmark_api.engine_bench import free_memory, memory_needed
 from benchmark_api.roofline import ActivationProfile, decode_traffic
 from benchmark_api.service import MEMORY_SHARE
 from core.engine import ModelRegistry
-from tests.benchmark.conftest import (
+from tests.benchmark_api.conftest import (
     TERMINAL,
     TINY_ENGINE,
     events,

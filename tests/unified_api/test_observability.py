@@ -15,7 +15,7 @@ from tests.conftest import build_nano_model, make_settings
 from tests.support.poll import poll_until
 from tests.support.sample_component import create_app as create_sample_app
 from tests.support.server import LiveServer
-from tests.unified.helpers import nano_settings, wait_ready
+from tests.unified_api.helpers import nano_settings, wait_ready
 from unified_api.app import create_app
 
 LiveServerFactory = Callable[[FastAPI], LiveServer]

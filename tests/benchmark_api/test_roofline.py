@@ -22,7 +22,7 @@ from benchmark_api.roofline import (
 )
 from core.engine import BDH
 from core.engine.training import TEMPLATES
-from tests.benchmark.conftest import run_to_end
+from tests.benchmark_api.conftest import run_to_end
 from tests.conftest import SHIPPED_MODEL
 
 ROWS: dict[str, Any] = {

@@ -19,7 +19,7 @@ from core.config import load_settings
 from tests.support.poll import poll_until
 from tests.support.sample_component import SAMPLE
 from tests.support.server import LiveServer
-from tests.unified.helpers import installed_components, nano_settings, wait_ready
+from tests.unified_api.helpers import installed_components, nano_settings, wait_ready
 from unified_api.app import UI_DIR, create_app
 from unified_api.components import COMPONENTS, component
 from unified_api.dashboard import dashboard_files

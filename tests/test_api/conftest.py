@@ -13,7 +13,7 @@ import pytest
 from test_api.app import create_app
 from tests.conftest import engine_settings
 from tests.support.server import LiveServer, serve
-from tests.test_component.models import build_test_models
+from tests.test_api.models import build_test_models
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ import pytest
 from core.api.app import create_base_app
 from test_api.app import SPEC, create_app
 from tests.support.server import LiveServer, free_port, serve
-from tests.test_component.conftest import component_settings
-from tests.test_component.helpers import assert_clean, error_code, run_suite, statuses, submit
-from tests.test_component.openai_apps import MODEL, create_openai_app
+from tests.test_api.conftest import component_settings
+from tests.test_api.helpers import assert_clean, error_code, run_suite, statuses, submit
+from tests.test_api.openai_apps import MODEL, create_openai_app
 
 ALL_CASES = {
     "models_list",

@@ -11,7 +11,7 @@ import torch
 from benchmark_api.app import SPEC
 from benchmark_api.schemas import EngineBenchRequest
 from core.api.app import create_base_app
-from tests.benchmark.conftest import TINY_ENGINE, results
+from tests.benchmark_api.conftest import TINY_ENGINE, results
 from tests.conftest import engine_settings
 
 SERVING: dict[str, Any] = {"kind": "serving", "base_url": "http://127.0.0.1:9/v1"}

@@ -13,8 +13,8 @@ from core.engine import ModelRegistry, SamplingParams
 from test_api.app import create_app
 from tests.conftest import SHIPPED_MODEL
 from tests.support.server import serve
-from tests.test_component.conftest import component_settings
-from tests.test_component.helpers import assert_clean, run_suite, statuses
+from tests.test_api.conftest import component_settings
+from tests.test_api.helpers import assert_clean, run_suite, statuses
 
 REPO = Path(__file__).resolve().parents[2]
 CACHED_CORPUS = REPO / "data" / "cache" / "shakespeare.txt"

@@ -9,7 +9,7 @@ import torch
 from core.engine import BDH, LanguageModel
 from core.engine.training import TEMPLATES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 SHIPPED_MODEL_DIR = REPO_ROOT / "models" / "bdh-shakespeare"
 
 

@@ -12,9 +12,9 @@ import pytest
 from benchmark_api.app import SPEC
 from core.api.app import create_base_app
 from generator_api.app import create_app as create_generator
-from tests.benchmark.conftest import events, results, run_to_end, submit, wait_for
-from tests.benchmark.fake_openai import fake_openai_app, fake_openai_router
-from tests.benchmark.test_engine_runs import assert_png, assert_svg
+from tests.benchmark_api.conftest import events, results, run_to_end, submit, wait_for
+from tests.benchmark_api.fake_openai import fake_openai_app, fake_openai_router
+from tests.benchmark_api.test_engine_runs import assert_png, assert_svg
 from tests.conftest import NANO_MODEL, SHIPPED_MODEL, engine_settings
 from tests.support.server import LiveServer
 
@@ -110,7 +110,7 @@ def test_compare_serving_runs(
 
 
 def _engine_run(client: httpx.Client) -> str:
-    from tests.benchmark.conftest import TINY_ENGINE
+    from tests.benchmark_api.conftest import TINY_ENGINE
 
     body = run_to_end(client, TINY_ENGINE)
     run_id: str = body["run"]["id"]

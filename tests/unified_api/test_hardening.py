@@ -22,7 +22,7 @@ from tests.conftest import NANO_MODEL, make_settings
 from tests.support.sample_component import create_app as create_sample_app
 from tests.support.sample_runs import finished, submit
 from tests.support.server import LiveServer
-from tests.unified.helpers import nano_settings, wait_ready
+from tests.unified_api.helpers import nano_settings, wait_ready
 from unified_api.app import create_app
 
 LiveServerFactory = Callable[[FastAPI], LiveServer]

@@ -24,7 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 from core.store.db import Store
 from tests.support.poll import poll_until
 from tests.support.server import LiveServer, free_port
-from tests.unified.helpers import installed_components, nano_settings
+from tests.unified_api.helpers import installed_components, nano_settings
 from unified_api.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]

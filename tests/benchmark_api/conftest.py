@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmark_api.app import create_app
-from tests.benchmark.fake_openai import fake_openai_app
+from tests.benchmark_api.fake_openai import fake_openai_app
 from tests.conftest import engine_settings
 from tests.support.poll import poll_until
 from tests.support.server import LiveServer, serve

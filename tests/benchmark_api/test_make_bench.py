@@ -9,7 +9,7 @@ from rich.console import Console
 from benchmark_api import make_bench
 from benchmark_api.roofline import MachineLimits
 from core.engine import LanguageModel, kernels
-from tests.engine.conftest import nano_model
+from tests.core.engine.conftest import nano_model
 
 
 def test_decode_vs_batch_compares_both_kernels_and_restores_the_choice(
