@@ -41,13 +41,13 @@ class ModelSettings(BaseModel):
     preload: list[str] = Field(default_factory=lambda: ["bdh-shakespeare"])
     # torch intra-op CPU threads for this process; None keeps torch's default (one per core).
     # `hatchery serve` picks max(1, cores // (2 * workers)) when this is None: the event loop,
-    # the store and the scheduler thread need CPU too, and small BDH models gain little from
-    # more threads (on a 2-core machine, 1 thread serves best).
+    # the store and the scheduler's lanes need CPU too, and small BDH models gain little from
+    # more threads.
     threads: int | None = Field(None, gt=0)
-    # Decode threads. Where the fused kernel runs (float32 on the CPU) the scheduler runs one
-    # decode lane per thread, each with its own slots; otherwise a decode step of a large
-    # batch is split over them (at least 4 sequences per thread). Helpers block while idle,
-    # never spin. None: one per core.
+    # Decode threads of this app's engine. Where the fused kernel runs (float32 on the CPU)
+    # each scheduler runs one decode lane per thread (see core.engine.lane); a lane decoding
+    # alone splits a large batch's step over them (at least 4 sequences per thread).
+    # None: one per core.
     decode_threads: int | None = Field(None, gt=0)
 
 

@@ -55,7 +55,10 @@ class Engine:
         observer: EngineObserver | None = None,
         prefill_chunk: int = PREFILL_CHUNK,
         prefill_budget: int = 2 * PREFILL_CHUNK,
+        decode_threads: int | None = None,
     ) -> None:
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError("decode_threads must be positive")
         self.registry = registry
         self.max_batch = max_batch
         self.max_waiting = max_waiting
@@ -63,6 +66,7 @@ class Engine:
         self.observer = observer
         self.prefill_chunk = prefill_chunk
         self.prefill_budget = prefill_budget
+        self.decode_threads = decode_threads or kernels.threads()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}  # per model: one load at a time
         self._schedulers: dict[str, Scheduler] = {}
@@ -96,7 +100,8 @@ class Engine:
                     if isinstance(self.observer, PerModelObserver)
                     else self.observer
                 ),
-                lanes=decode_lanes(lm),
+                lanes=decode_lanes(lm, self.decode_threads),
+                decode_threads=self.decode_threads,
             )
             with self._lock:
                 if self._closed:
@@ -186,11 +191,11 @@ class Engine:
             return self._loading.setdefault(model_name, threading.Lock())
 
 
-def decode_lanes(lm: LanguageModel) -> int:
-    """Lanes for a model's scheduler: one per decode thread where the fused kernel runs its
-    steps without the GIL (CPU, float32), else one (a GPU step would gain nothing)."""
+def decode_lanes(lm: LanguageModel, threads: int) -> int:
+    """Lanes for a model's scheduler: one per decode thread where the fused kernel applies
+    (CPU, float32), else one; why, in `core.engine.lane`."""
     weight = lm.model.lm_head  # its device and dtype are the states' and activations'
-    return kernels.threads() if kernels.fused_applies(weight, weight) else 1
+    return threads if kernels.fused_applies(weight, weight) else 1
 
 
 def _warm_up(lm: LanguageModel) -> None:
@@ -203,11 +208,11 @@ def _warm_up(lm: LanguageModel) -> None:
 
 def build_engine(settings: Settings, *, observer: EngineObserver | None = None) -> Engine:
     """The engine the settings describe; nothing is loaded until `preload()` or first use."""
-    kernels.set_threads(settings.model.decode_threads)
     return Engine(
         ModelRegistry.from_settings(settings),
         max_batch=settings.generation.max_batch,
         max_waiting=settings.generation.max_waiting,
         preload=list(settings.model.preload),
         observer=observer,
+        decode_threads=settings.model.decode_threads,
     )

@@ -55,10 +55,14 @@ _T = TypeVar("_T")
 KERNEL_ENV: Final = "HATCHERY_DECODE_KERNEL"
 KERNELS: Final = ("auto", "fused", "torch")
 
-# A decode step of a large batch splits its sequences over this many threads (`run_split`;
-# helpers block, never spin).
+# A decode step of a large batch splits its sequences over threads (`run_split`), at least
+# this many sequences each.
 MIN_SEQUENCES_PER_THREAD: Final = 4
-_threads = max(1, os.cpu_count() or 1)
+# The helper threads that run the other parts of a split are one pool for the whole process,
+# grown to the largest split asked for: threads are the process's, and every engine and
+# scheduler in it shares the cores, so a pool per caller would only multiply idle threads.
+# Idle helpers block, never spin. How many threads a step may use is the caller's (each
+# engine's `model.decode_threads`), passed with every call.
 _helpers: ThreadPoolExecutor | None = None
 _helper_count = 0
 _helpers_lock = threading.Lock()
@@ -90,25 +94,18 @@ def _kernel() -> Any:
     return _compiled
 
 
-def set_threads(threads: int | None) -> None:
-    """Decode threads (a scheduler's lanes, or the parts of a split step); None: one per core."""
-    global _threads
-    if threads is not None and threads < 1:
-        raise ValueError("threads must be positive")
-    _threads = threads or max(1, os.cpu_count() or 1)
-
-
 def threads() -> int:
-    """Decode threads: a scheduler's lanes where the fused kernel runs, and the parts a large
-    batch's step splits over."""
-    return _threads
+    """The default number of decode threads: one per core (an engine's
+    `model.decode_threads` overrides it)."""
+    return max(1, os.cpu_count() or 1)
 
 
-def _pool() -> ThreadPoolExecutor:
+def _pool(helpers: int) -> ThreadPoolExecutor:
+    """The process's helper pool, with at least `helpers` threads."""
     global _helpers, _helper_count
     with _helpers_lock:
-        if _helpers is None or _helper_count < _threads - 1:
-            _helper_count = _threads - 1
+        if _helpers is None or _helper_count < helpers:
+            _helper_count = helpers
             _helpers = ThreadPoolExecutor(_helper_count, thread_name_prefix="hatchery-decode")
         return _helpers
 
@@ -135,17 +132,20 @@ def fused_applies(state: torch.Tensor, xs: torch.Tensor) -> bool:
     return fits and _kernel() is not None
 
 
-def split_bounds(batch: int) -> list[int]:
-    """Where a decode step of `batch` sequences splits over threads: [0, ..., batch].
+def split_bounds(batch: int, threads: int) -> list[int]:
+    """Where a decode step of `batch` sequences splits over up to `threads` threads:
+    [0, ..., batch].
 
     Batches of fewer than 2 * MIN_SEQUENCES_PER_THREAD sequences stay whole ([0, batch]).
     """
-    parts = max(1, min(_threads, batch // MIN_SEQUENCES_PER_THREAD))
+    if threads < 1:
+        raise ValueError("threads must be positive")
+    parts = max(1, min(threads, batch // MIN_SEQUENCES_PER_THREAD))
     return [batch * i // parts for i in range(parts + 1)]
 
 
-def run_split(work: Callable[[int, int], _T], batch: int) -> list[_T]:
-    """`work(begin, end)` for each part of `split_bounds(batch)`, in order of the parts.
+def run_split(work: Callable[[int, int], _T], batch: int, threads: int) -> list[_T]:
+    """`work(begin, end)` for each part of `split_bounds(batch, threads)`, in order.
 
     The first part runs on the calling thread, the others at the same time on the helper
     threads, in the caller's grad and inference mode (both are per thread in PyTorch). The
@@ -153,7 +153,7 @@ def run_split(work: Callable[[int, int], _T], batch: int) -> list[_T]:
     Splits never nest: called from inside a part, this runs `work(0, batch)` whole (a part
     waiting on helpers that are busy with its siblings could wait forever).
     """
-    bounds = split_bounds(batch)
+    bounds = split_bounds(batch, threads)
     if len(bounds) == 2 or getattr(_in_part, "active", False):
         return [work(0, batch)]
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
@@ -166,7 +166,8 @@ def run_split(work: Callable[[int, int], _T], batch: int) -> list[_T]:
         finally:
             _in_part.active = False
 
-    futures = [_pool().submit(part, bounds[i], bounds[i + 1]) for i in range(1, len(bounds) - 1)]
+    pool = _pool(len(bounds) - 2)
+    futures = [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, len(bounds) - 1)]
     results = [part(bounds[0], bounds[1])]
     results += [future.result() for future in futures]
     return results
@@ -195,8 +196,9 @@ def decode_rows(
     return logits
 
 
-def head_parts(batch: int, state: torch.Tensor) -> int:
-    """How many threads a step of `batch` sequences splits its layers' heads over (1: none).
+def head_parts(batch: int, state: torch.Tensor, threads: int) -> int:
+    """How many of `threads` threads a step of `batch` sequences splits its layers' heads
+    over (1: none).
 
     Only steps that a split by sequence leaves whole (`split_bounds`), and only when a
     sequence's state is at least MIN_HEAD_SPLIT_STATE_BYTES: a smaller one decodes faster on
@@ -204,11 +206,11 @@ def head_parts(batch: int, state: torch.Tensor) -> int:
     """
     heads = state.size(2)
     per_sequence = state[:, :1].numel() * state.element_size()
-    if len(split_bounds(batch)) > 2 or per_sequence < MIN_HEAD_SPLIT_STATE_BYTES:
+    if len(split_bounds(batch, threads)) > 2 or per_sequence < MIN_HEAD_SPLIT_STATE_BYTES:
         return 1
     if getattr(_in_part, "active", False):
         return 1
-    return max(1, min(_threads, heads))
+    return max(1, min(threads, heads))
 
 
 def decode_rows_by_heads(
@@ -235,7 +237,7 @@ def decode_rows_by_heads(
     m_heads = np.empty((nh, B, D), np.float32)
     kernels.embed_rows(token_ids, embed, x)
     bounds = [nh * i // parts for i in range(parts + 1)]
-    pool = _pool()
+    pool = _pool(parts - 1)
     for layer in state:
         S = layer.numpy()
 

@@ -131,11 +131,13 @@ class Lane:
         initial_slots: int,
         prefill_chunk: int,
         prefill_budget: int,
+        decode_threads: int,
     ) -> None:
         self.index = index
         self.lm = lm
         self.prefill_chunk = prefill_chunk
         self.prefill_budget = prefill_budget
+        self.decode_threads = decode_threads  # a step's split while it decodes alone
         self.load = LaneLoad()  # replaced whole after each step, so readers need no lock
         self._admission = admission
         self._stats = stats
@@ -277,8 +279,9 @@ class Lane:
         tokens = torch.tensor([s.decoder.last_token for s in running], device=device)  # (B,)
         positions = torch.tensor([s.decoder.position for s in running], device=device)  # (B,)
         state = self._pool.states()  # (n_layer, B, nh, N, D), a view updated in place
-        split = not self._admission.decoding_elsewhere(self)  # see the module docstring
-        logits = self.lm.model.decode_step(tokens, positions, state, split=split)
+        alone = not self._admission.decoding_elsewhere(self)  # see the module docstring
+        threads = self.decode_threads if alone else 1
+        logits = self.lm.model.decode_step(tokens, positions, state, threads=threads)
         logits = logits.float().cpu()  # (B, V)
         now = time.monotonic()
         texts = accept_rows([s.decoder for s in running], logits)

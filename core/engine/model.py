@@ -234,7 +234,7 @@ class BDH(nn.Module):
         positions: torch.Tensor,
         state: torch.Tensor,
         *,
-        split: bool = True,
+        threads: int | None = None,
     ) -> torch.Tensor:
         """Advance B sequences by one token each; `positions` (B,) may all differ.
 
@@ -242,22 +242,25 @@ class BDH(nn.Module):
         On the CPU in float32 the whole step is one call of the fused kernel
         (`kernels.decode_rows`): no per-operator dispatch and no GIL while it runs, and
         every row computed on its own in a fixed order, so a sequence's logits and state are
-        bit-identical alone or in any batch. A batch of 8 or more sequences splits over
-        `kernels.threads()` threads, one kernel call each, and a smaller batch of a large model
-        splits each layer's heads over them instead (`kernels.head_parts`), unless `split` is
-        false (the caller runs steps side by side on its own threads). Elsewhere (GPU,
+        bit-identical alone or in any batch. A batch of 8 or more sequences splits over up to
+        `threads` threads (default `kernels.threads()`, one per core), one kernel call each,
+        and a smaller batch of a large model splits each layer's heads over them instead
+        (`kernels.head_parts`); `threads=1` never splits (a scheduler lane that decodes beside
+        others, see `core.engine.lane`). Elsewhere (GPU,
         bfloat16) it runs PyTorch operators: every product is a flat or per-head batched
         matmul, so no weight is ever broadcast (copied) per sequence, and BLAS may round
         differently in the last bit as the batch size changes.
         """
         fused = kernels.fused_applies(state, self.lm_head)
-        if fused and split and len(kernels.split_bounds(tokens.size(0))) > 2:
+        threads = kernels.threads() if threads is None else threads
+        if fused and len(kernels.split_bounds(tokens.size(0), threads)) > 2:
             parts = kernels.run_split(
                 lambda b, e: self._decode_rows(tokens[b:e], positions[b:e], state[:, b:e], True),
                 tokens.size(0),
+                threads,
             )
             return torch.cat(parts)
-        heads = kernels.head_parts(tokens.size(0), state) if fused and split else 1
+        heads = kernels.head_parts(tokens.size(0), state, threads) if fused else 1
         return self._decode_rows(tokens, positions, state, fused, heads)
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import deque
 
+from . import kernels
 from .lane import Lane, Request
 from .language_model import PREFILL_CHUNK, LanguageModel
 from .sampling import SamplingParams
@@ -40,7 +41,11 @@ class EngineOverloaded(RuntimeError):
 
 
 class Scheduler:
-    """Continuous batching of one model's requests on its lane threads (one by default)."""
+    """Continuous batching of one model's requests on its lane threads (one by default).
+
+    `decode_threads`: how many threads a lane's step may split over while it decodes alone
+    (default: one per core); the engine passes `model.decode_threads`.
+    """
 
     def __init__(
         self,
@@ -52,6 +57,7 @@ class Scheduler:
         prefill_budget: int = 2 * PREFILL_CHUNK,
         observer: EngineObserver | None = None,
         lanes: int = 1,
+        decode_threads: int | None = None,
     ) -> None:
         if min(max_batch, max_waiting, prefill_chunk, lanes) < 1:
             raise ValueError("max_batch, max_waiting, prefill_chunk and lanes must be positive")
@@ -79,6 +85,7 @@ class Scheduler:
                 initial_slots=min(INITIAL_SLOTS, share),
                 prefill_chunk=prefill_chunk,
                 prefill_budget=prefill_budget,
+                decode_threads=decode_threads or kernels.threads(),
             )
             for i in range(count)
         ]

@@ -61,7 +61,7 @@ def test_preload_makes_the_engine_ready(engine: Engine) -> None:
     assert engine.is_ready()
     assert engine.loaded_models() == ["nano-a"]
     lanes = engine.scheduler("nano-a").lanes
-    assert lanes == decode_lanes(engine.registry.load("nano-a"))
+    assert lanes == decode_lanes(engine.registry.load("nano-a"), engine.decode_threads)
     names = ["hatchery-scheduler-nano-a"] + [
         f"hatchery-scheduler-nano-a-lane{i}" for i in range(1, lanes)
     ]
@@ -140,14 +140,22 @@ def test_shutdown_aborts_pending_work_and_leaves_no_thread(engine: Engine) -> No
 
 def test_build_engine_follows_the_settings(models_dir: Path) -> None:
     settings = Settings(
-        model={"models_dir": str(models_dir), "device": "cpu", "preload": ["nano-b"]},
+        model={
+            "models_dir": str(models_dir),
+            "device": "cpu",
+            "preload": ["nano-b"],
+            "decode_threads": 2,
+        },
         generation={"max_batch": 3, "max_waiting": 5},
     )
     engine = build_engine(settings)
     try:
         assert (engine.max_batch, engine.max_waiting, engine.preload_names) == (3, 5, ["nano-b"])
+        assert engine.decode_threads == 2  # this engine's, not a process-wide setting
         engine.preload()
         assert engine.is_ready()
+        lm = engine.registry.load("nano-b")
+        assert engine.scheduler("nano-b").lanes == decode_lanes(lm, 2)
         assert engine.scheduler("nano-b").max_batch == 3
     finally:
         engine.shutdown()
@@ -158,11 +166,7 @@ def test_decode_lanes_follow_the_kernel_and_its_threads(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lm = engine.registry.load("nano-a")
-    try:
-        kernels.set_threads(3)
-        monkeypatch.setenv(kernels.KERNEL_ENV, "fused")
-        assert decode_lanes(lm) == 3  # one lane per decode thread: steps without the GIL
-        monkeypatch.setenv(kernels.KERNEL_ENV, "torch")
-        assert decode_lanes(lm) == 1  # PyTorch operators hold the GIL between them
-    finally:
-        kernels.set_threads(None)
+    monkeypatch.setenv(kernels.KERNEL_ENV, "fused")
+    assert decode_lanes(lm, 3) == 3  # one lane per decode thread: steps without the GIL
+    monkeypatch.setenv(kernels.KERNEL_ENV, "torch")
+    assert decode_lanes(lm, 3) == 1  # PyTorch operators hold the GIL between them

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -12,14 +10,13 @@ from core.engine import BDH, kernels, numba_kernels
 from .conftest import nano_model
 
 
-@pytest.fixture
-def kernel_threads() -> Iterator[None]:
-    yield
-    kernels.set_threads(None)
-
-
 def _decode(
-    model: BDH, kernel: str, monkeypatch: pytest.MonkeyPatch, steps: int, batch: int
+    model: BDH,
+    kernel: str,
+    monkeypatch: pytest.MonkeyPatch,
+    steps: int,
+    batch: int,
+    threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`steps` greedy decode steps of `batch` sequences from prompts of different lengths."""
     monkeypatch.setenv(kernels.KERNEL_ENV, kernel)
@@ -34,7 +31,7 @@ def _decode(
     positions = torch.tensor(lengths)
     outputs = []
     for _ in range(steps):
-        logits = model.decode_step(tokens, positions, state)  # (B, V)
+        logits = model.decode_step(tokens, positions, state, threads=threads)  # (B, V)
         outputs.append(logits)
         tokens, positions = logits.argmax(dim=-1), positions + 1
     return torch.stack(outputs, dim=1), state  # (B, steps, V)
@@ -42,12 +39,11 @@ def _decode(
 
 @pytest.mark.parametrize(("batch", "threads"), [(1, 1), (3, 1), (9, 2), (12, 3)])
 def test_fused_path_matches_the_pytorch_path(
-    monkeypatch: pytest.MonkeyPatch, kernel_threads: None, batch: int, threads: int
+    monkeypatch: pytest.MonkeyPatch, batch: int, threads: int
 ) -> None:
-    kernels.set_threads(threads)  # 9 and 12 sequences split over helper threads
-    model = nano_model(scale=5.0)
-    reference, reference_state = _decode(model, "torch", monkeypatch, steps=12, batch=batch)
-    fused, fused_state = _decode(model, "fused", monkeypatch, steps=12, batch=batch)
+    model = nano_model(scale=5.0)  # 9 and 12 sequences split over helper threads
+    reference, reference_state = _decode(model, "torch", monkeypatch, 12, batch, threads)
+    fused, fused_state = _decode(model, "fused", monkeypatch, 12, batch, threads)
     assert reference.abs().max() > 1.0
     assert (fused - reference).abs().max().item() <= 1e-4
     scale = reference_state.abs().max().item()
@@ -65,11 +61,10 @@ def test_fused_decode_matches_the_parallel_form(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_sequence_decodes_the_same_alone_or_in_a_split_batch(
-    monkeypatch: pytest.MonkeyPatch, kernel_threads: None
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Rows never mix, however the batch is split: the kernel computes each row on its own."""
     monkeypatch.setenv(kernels.KERNEL_ENV, "fused")
-    kernels.set_threads(2)
     model = nano_model(scale=5.0)
     batch = model.new_state(8)
     prompt = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(5))
@@ -77,47 +72,42 @@ def test_a_sequence_decodes_the_same_alone_or_in_a_split_batch(
     batch[:, 6] = alone[:, 0]
     tokens = torch.randint(0, 256, (8,), generator=torch.Generator().manual_seed(6))
     positions = torch.full((8,), 30)
-    batched = model.decode_step(tokens, positions, batch)[6]
-    single = model.decode_step(tokens[6:7], positions[6:7], alone)[0]
+    batched = model.decode_step(tokens, positions, batch, threads=2)[6]
+    single = model.decode_step(tokens[6:7], positions[6:7], alone, threads=2)[0]
     assert torch.equal(batched, single)
     assert torch.equal(batch[:, 6], alone[:, 0])
 
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_a_split_step_computes_what_the_whole_batch_would(
-    monkeypatch: pytest.MonkeyPatch, kernel_threads: None, threads: int
+    monkeypatch: pytest.MonkeyPatch, threads: int
 ) -> None:
     """Every part runs the whole step for its rows, to the bit."""
-    kernels.set_threads(1)
     model = nano_model(scale=5.0)
-    whole, whole_state = _decode(model, "fused", monkeypatch, steps=6, batch=12)
-    kernels.set_threads(threads)
-    assert len(kernels.split_bounds(12)) == threads + 1
+    whole, whole_state = _decode(model, "fused", monkeypatch, steps=6, batch=12, threads=1)
+    assert len(kernels.split_bounds(12, threads)) == threads + 1
     with torch.inference_mode():  # the helpers take the caller's mode
-        split, split_state = _decode(model, "fused", monkeypatch, steps=6, batch=12)
+        split, split_state = _decode(model, "fused", monkeypatch, 6, 12, threads)
     assert torch.equal(split, whole)
     assert torch.equal(split_state, whole_state)
 
 
-def test_split_bounds(kernel_threads: None) -> None:
-    kernels.set_threads(2)
-    assert kernels.split_bounds(1) == [0, 1]
-    assert kernels.split_bounds(7) == [0, 7]  # fewer than 4 sequences per thread: whole
-    assert kernels.split_bounds(9) == [0, 4, 9]
-    kernels.set_threads(4)
-    assert kernels.split_bounds(16) == [0, 4, 8, 12, 16]
-    assert kernels.run_split(lambda b, e: (b, e), 12) == [(0, 4), (4, 8), (8, 12)]
+def test_split_bounds() -> None:
+    assert kernels.split_bounds(1, 2) == [0, 1]
+    assert kernels.split_bounds(7, 2) == [0, 7]  # fewer than 4 sequences per thread: whole
+    assert kernels.split_bounds(9, 2) == [0, 4, 9]
+    assert kernels.split_bounds(16, 4) == [0, 4, 8, 12, 16]
+    assert kernels.run_split(lambda b, e: (b, e), 12, 4) == [(0, 4), (4, 8), (8, 12)]
 
 
-def test_splits_do_not_nest(kernel_threads: None) -> None:
+def test_splits_do_not_nest() -> None:
     """A split inside a part runs whole, even with every helper busy (no deadlock)."""
-    kernels.set_threads(2)
 
     def outer(begin: int, end: int) -> list[tuple[int, int]]:
-        return kernels.run_split(lambda b, e: (begin + b, begin + e), end - begin)
+        return kernels.run_split(lambda b, e: (begin + b, begin + e), end - begin, 2)
 
-    assert kernels.run_split(outer, 16) == [[(0, 8)], [(8, 16)]]
-    assert kernels.run_split(lambda b, e: (b, e), 8) == [(0, 4), (4, 8)]  # the guard is reset
+    assert kernels.run_split(outer, 16, 2) == [[(0, 8)], [(8, 16)]]
+    assert kernels.run_split(lambda b, e: (b, e), 8, 2) == [(0, 4), (4, 8)]  # guard reset
 
 
 def test_sparse_decode_head_equals_the_dense_product() -> None:
@@ -154,21 +144,18 @@ def test_a_step_split_by_heads_is_bit_identical_to_the_whole_step(parts: int) ->
         whole = model._decode_rows(tokens, positions, whole_state, True)
 
 
-def test_head_parts_only_split_few_sequences_of_a_large_state(kernel_threads: None) -> None:
-    kernels.set_threads(2)
+def test_head_parts_only_split_few_sequences_of_a_large_state() -> None:
     big = torch.empty(1, 1, 4, 2**12, 2**10)  # 64 MiB a sequence
     small = torch.empty(1, 1, 4, 64, 64)
-    assert kernels.head_parts(1, big) == 2 and kernels.head_parts(4, big) == 2
-    assert kernels.head_parts(8, big) == 1  # split by sequence instead
-    assert kernels.head_parts(1, small) == 1  # not worth a hand-off per layer
-    kernels.set_threads(8)
-    assert kernels.head_parts(1, big) == 4  # never more parts than heads
+    assert kernels.head_parts(1, big, 2) == 2 and kernels.head_parts(4, big, 2) == 2
+    assert kernels.head_parts(8, big, 2) == 1  # split by sequence instead
+    assert kernels.head_parts(1, small, 2) == 1  # not worth a hand-off per layer
+    assert kernels.head_parts(1, big, 8) == 4  # never more parts than heads
 
 
 def test_decode_step_splits_a_lone_large_sequence_by_heads(
-    monkeypatch: pytest.MonkeyPatch, kernel_threads: None
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    kernels.set_threads(2)
     monkeypatch.setattr(kernels, "MIN_HEAD_SPLIT_STATE_BYTES", 0)  # bdh-nano counts as large
     calls: list[int] = []
     by_heads = kernels.decode_rows_by_heads
@@ -180,9 +167,9 @@ def test_decode_step_splits_a_lone_large_sequence_by_heads(
     model = nano_model(scale=5.0)
     tokens, positions, state = _prefilled(model, batch=1)
     alone = state.clone()
-    split = model.decode_step(tokens, positions, state)
+    split = model.decode_step(tokens, positions, state, threads=2)
     assert calls == [2]
-    assert torch.equal(split, model.decode_step(tokens, positions, alone, split=False))
+    assert torch.equal(split, model.decode_step(tokens, positions, alone, threads=1))
     assert torch.equal(state, alone)
 
 
@@ -229,7 +216,7 @@ def test_kernel_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="HATCHERY_DECODE_KERNEL must be one of"):
         kernels.fused_applies(state, x32)
     with pytest.raises(ValueError, match="positive"):
-        kernels.set_threads(0)
+        kernels.split_bounds(8, 0)
 
 
 def test_bfloat16_model_decodes_through_the_pytorch_path(monkeypatch: pytest.MonkeyPatch) -> None:
