@@ -36,8 +36,8 @@ TINY_ENGINE: dict[str, Any] = {
 def one_torch_thread() -> Iterator[None]:
     """Measure with one intra-op thread, restored afterwards.
 
-    The test machine's two cores are shared with other work; with two threads every small op
-    waits for a descheduled peer, and decode steps get ~50x slower and wildly noisy.
+    Where the cores are shared with other work, every small op of a multi-threaded step waits
+    for a descheduled peer, and decode steps get far slower and noisy.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)

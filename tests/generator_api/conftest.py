@@ -31,8 +31,8 @@ LIMITS = {
 
 @pytest.fixture(scope="package", autouse=True)
 def one_torch_thread() -> Iterator[None]:
-    """Small models on a shared 2-core box: one torch thread avoids spin-waiting on the other
-    core (tens of ms instead of seconds per request under load). Restored afterwards."""
+    """Small models: one torch thread avoids spin-waiting on cores that other work holds
+    (tens of ms instead of seconds per request under load). Restored afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

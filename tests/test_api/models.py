@@ -94,8 +94,8 @@ def metadata_for(data: bytes, val_bits_per_byte: float, block_size: int = 64) ->
 
 @contextlib.contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """Small tensors on a busy 2-core machine: one thread beats two by far (no waiting for
-    a second core). Restored afterwards; tests run one at a time."""
+    """Small tensors on busy cores: one thread beats several by far (no waiting for a peer
+    that is descheduled). Restored afterwards; tests run one at a time."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
