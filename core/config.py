@@ -51,6 +51,21 @@ class ModelSettings(BaseModel):
     decode_threads: int | None = Field(None, gt=0)
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", re.IGNORECASE)
+
+
+def parse_byte_size(text: str) -> int:
+    """ "512MiB" -> 536870912, "2GB" -> 2000000000, "4096" -> 4096 (B optional, case-free)."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a byte size: {text!r} (use e.g. 1073741824, '512MiB' or '2GB')")
+    number, prefix, binary = match.groups()
+    if binary and not prefix:
+        raise ValueError(f"not a byte size: {text!r}")
+    power = "kmgt".find(prefix.lower()) + 1 if prefix else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
 class GenerationSettings(BaseModel):
     model_config = _FORBID
     max_tokens: int = Field(256, gt=0)
@@ -59,6 +74,16 @@ class GenerationSettings(BaseModel):
     max_n: int = Field(8, gt=0)
     max_batch: int = Field(32, gt=0)
     max_waiting: int = Field(256, gt=0)
+    # Bytes of recurrent state each model's scheduler may hold (decode slots plus the prompt
+    # being prefilled on each lane); an int or a size such as "512MiB" or "2GB". None: half
+    # the memory available at start-up (the device's free memory on CUDA), see
+    # core.engine.admission. Requests beyond it wait in the queue.
+    max_state_memory: int | None = Field(None, gt=0)
+
+    @field_validator("max_state_memory", mode="before")
+    @classmethod
+    def _byte_size(cls, value: object) -> object:
+        return parse_byte_size(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> GenerationSettings:

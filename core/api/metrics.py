@@ -160,7 +160,9 @@ class _StateCollector(Collector):
         return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
-        runs, store_up, running, sequences, waiting, ready = self._families()
+        families = self._families()
+        runs, store_up, running, sequences, waiting, ready = families[:6]
+        state_memory, state_limit, free_slots = families[6:]
         store: Store | None = getattr(self._state, "store", None)
         if store is not None:
             try:
@@ -181,7 +183,10 @@ class _StateCollector(Collector):
                 running.add_metric([model], numbers.get("running_requests", 0))
                 sequences.add_metric([model], numbers.get("running", 0))
                 waiting.add_metric([model], numbers.get("waiting", 0))
-        return [runs, store_up, running, sequences, waiting, ready]
+                state_memory.add_metric([model], numbers.get("state_memory_in_use", 0))
+                state_limit.add_metric([model], numbers.get("max_state_memory", 0))
+                free_slots.add_metric([model], numbers.get("free_slots", 0))
+        return list(families)
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -208,6 +213,21 @@ class _StateCollector(Collector):
                 labels=["model_name"],
             ),
             GaugeMetricFamily("hatchery_engine_ready", "1 once every preload model is loaded."),
+            GaugeMetricFamily(
+                "hatchery_engine_state_memory_bytes",
+                "Recurrent state held by running and prefilling sequences.",
+                labels=["model_name"],
+            ),
+            GaugeMetricFamily(
+                "hatchery_engine_state_memory_limit_bytes",
+                "The scheduler's state budget (generation.max_state_memory).",
+                labels=["model_name"],
+            ),
+            GaugeMetricFamily(
+                "hatchery_engine_free_slots",
+                "Decode slots not taken by admitted sequences: room for new requests.",
+                labels=["model_name"],
+            ),
         )
 
 

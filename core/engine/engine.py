@@ -26,6 +26,7 @@ from .language_model import PREFILL_CHUNK, LanguageModel
 from .registry import ModelRegistry
 from .sampling import SamplingParams
 from .scheduler import Scheduler
+from .state_memory import DEFAULT_FRACTION, default_state_memory
 from .stats import EngineObserver
 from .stream import GenerationStream
 
@@ -56,10 +57,13 @@ class Engine:
         prefill_chunk: int = PREFILL_CHUNK,
         prefill_budget: int = 2 * PREFILL_CHUNK,
         decode_threads: int | None = None,
+        max_state_memory: int | None = None,
     ) -> None:
         if decode_threads is not None and decode_threads < 1:
             raise ValueError("decode_threads must be positive")
         self.registry = registry
+        # Per model's scheduler; None: what max_batch slots need (see core.engine.state_memory).
+        self.max_state_memory = max_state_memory
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.preload_names = list(preload)
@@ -102,6 +106,7 @@ class Engine:
                 ),
                 lanes=decode_lanes(lm, self.decode_threads),
                 decode_threads=self.decode_threads,
+                max_state_memory=self.max_state_memory,
             )
             with self._lock:
                 if self._closed:
@@ -174,6 +179,8 @@ class Engine:
             "prefilling",
             "total_requests",
             "tokens_generated",
+            "free_slots",
+            "state_memory_in_use",
         )
         totals: dict[str, Any] = {key: sum(m[key] for m in models.values()) for key in summed}
         totals["tokens_per_s"] = sum(m["tokens_per_s"] for m in models.values())
@@ -208,11 +215,21 @@ def _warm_up(lm: LanguageModel) -> None:
 
 def build_engine(settings: Settings, *, observer: EngineObserver | None = None) -> Engine:
     """The engine the settings describe; nothing is loaded until `preload()` or first use."""
+    registry = ModelRegistry.from_settings(settings)
+    budget = settings.generation.max_state_memory
+    if budget is None:
+        budget = default_state_memory(registry.device)
+        logger.info(
+            "state memory per model: %d MiB (%.0f%% of what is available)",
+            budget >> 20,
+            100 * DEFAULT_FRACTION,
+        )
     return Engine(
-        ModelRegistry.from_settings(settings),
+        registry,
         max_batch=settings.generation.max_batch,
         max_waiting=settings.generation.max_waiting,
         preload=list(settings.model.preload),
         observer=observer,
         decode_threads=settings.model.decode_threads,
+        max_state_memory=budget,
     )

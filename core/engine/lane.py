@@ -127,8 +127,7 @@ class Lane:
         *,
         admission: Admission,
         stats: StatsRecorder,
-        max_batch: int,
-        initial_slots: int,
+        slots: int,
         prefill_chunk: int,
         prefill_budget: int,
         decode_threads: int,
@@ -144,8 +143,10 @@ class Lane:
         self._thread: threading.Thread | None = None
         # Owned by the lane's thread.
         self._prefilling: list[Request] = []
+        # All its slots at once: growing would briefly hold the old pool and the new one,
+        # more than the state budget allows (`core.engine.state_memory`).
         self._pool: SlotPool[RunningSequence] = SlotPool(
-            lm.model.new_state, max_slots=max_batch, initial_slots=initial_slots, name=lm.name
+            lm.model.new_state, max_slots=slots, initial_slots=slots, name=lm.name
         )
         self._step_tokens = 0
         # Requests that ended this step; their streams end once the slots are freed and the
@@ -215,6 +216,7 @@ class Lane:
             running=len(running),
             running_requests=len({id(s.request) for s in running}),
             prefilling=len(self._prefilling),
+            prefill_states=sum(1 for r in self._prefilling if r.state is not None),
             slots=self._pool.capacity,
         )
         closing, self._closing = self._closing, []

@@ -7,9 +7,11 @@
 
 `submit` queues a request; the lanes (`core.engine.lane`, whose docstring tells how a step
 runs and why there may be several) take requests from the waiting queue, oldest first, while
-their choices fit in `max_batch`. Admission keeps the lanes' loads balanced: a lane takes a
-request only if it ends with at most its share of the admitted choices, or it is the least
-loaded. `stats()` reports the queue, each lane's load and the `StatsRecorder`'s totals.
+their choices fit in `max_batch`, or in fewer slots where `max_state_memory` cannot hold so
+many states (`core.engine.state_memory` plans them). Admission keeps the
+lanes' loads balanced: a lane takes a request only if it ends with at most its share of the
+admitted choices, or it is the least loaded. `stats()` reports the queue, each lane's load,
+the state memory and the `StatsRecorder`'s totals.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .lane import Lane, Request
 from .language_model import PREFILL_CHUNK, LanguageModel
 from .sampling import SamplingParams
 from .sequence import FINISH_ABORT
-from .slots import INITIAL_SLOTS
+from .state_memory import plan_slots, state_bytes
 from .stats import EngineObserver, SchedulerStats, StatsRecorder
 from .stream import GenerationStream
 
@@ -58,7 +60,11 @@ class Scheduler:
         observer: EngineObserver | None = None,
         lanes: int = 1,
         decode_threads: int | None = None,
+        max_state_memory: int | None = None,
     ) -> None:
+        """`max_state_memory`: bytes of recurrent state it may hold (None: what `max_batch`
+        slots and the lanes' prefills need); raises StateMemoryTooSmall when it cannot hold
+        one sequence."""
         if min(max_batch, max_waiting, prefill_chunk, lanes) < 1:
             raise ValueError("max_batch, max_waiting, prefill_chunk and lanes must be positive")
         if prefill_budget < prefill_chunk:
@@ -73,22 +79,30 @@ class Scheduler:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._waiting: deque[Request] = deque()
-        count = min(lanes, max_batch)
-        share = -(-max_batch // count)  # ceil: the lanes' first pools hold max_batch at most
+        per_sequence = state_bytes(lm.config)
+        if max_state_memory is None:
+            max_state_memory = per_sequence * (max_batch + 1) * min(lanes, max_batch)
+        self.plan = plan_slots(
+            state_bytes=per_sequence,
+            max_state_memory=max_state_memory,
+            max_batch=max_batch,
+            lanes=lanes,
+            model=lm.name,
+        )
         self._lanes = [
             Lane(
                 i,
                 lm,
                 admission=self,
                 stats=self._stats,
-                max_batch=max_batch,
-                initial_slots=min(INITIAL_SLOTS, share),
+                slots=self.plan.sequences,
                 prefill_chunk=prefill_chunk,
                 prefill_budget=prefill_budget,
                 decode_threads=decode_threads or kernels.threads(),
             )
-            for i in range(count)
+            for i in range(self.plan.lanes)
         ]
+        count = len(self._lanes)
         self._started = False
         self._stopping = False
         # Admission, under the lock: choices admitted and not finished, in all and per lane.
@@ -145,8 +159,11 @@ class Scheduler:
             raise ValueError("prompt must not be empty: BDH needs at least one byte of context")
         if any(not isinstance(i, int) or not 0 <= i < vocab_size for i in ids):
             raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
-        if params.n > self.max_batch:
-            raise ValueError(f"n={params.n} exceeds the engine's max batch of {self.max_batch}")
+        if params.n > self.plan.sequences:
+            raise ValueError(
+                f"n={params.n} exceeds the engine's max batch of {self.plan.sequences} "
+                "(generation.max_batch, within generation.max_state_memory)"
+            )
         stream = GenerationStream(request_id or uuid.uuid4().hex, ids, params, self._wake)
         request = Request(stream, prompt_index)
         with self._wakeup:
@@ -156,7 +173,7 @@ class Scheduler:
                 raise EngineOverloaded(
                     f"{len(self._waiting)} requests are already waiting for {self.lm.name}",
                     retry_after=self._stats.retry_after(
-                        waiting=len(self._waiting), max_batch=self.max_batch
+                        waiting=len(self._waiting), max_batch=self.plan.sequences
                     ),
                 )
             self._waiting.append(request)
@@ -166,12 +183,14 @@ class Scheduler:
 
     def stats(self) -> SchedulerStats:
         with self._lock:
-            waiting = len(self._waiting)
+            waiting, reserved = len(self._waiting), self._reserved
         return self._stats.snapshot(
             model=self.lm.name,
             waiting=waiting,
             loads=[lane.load for lane in self._lanes],
             max_batch=self.max_batch,
+            plan=self.plan,
+            free_slots=self.plan.sequences - reserved,
         )
 
     # The lanes' side (`lane.Admission`) --------------------------------------------------------
@@ -229,9 +248,9 @@ class Scheduler:
         return bool(self._waiting) and self._fits_locked(lane, self._waiting[0].params.n)
 
     def _fits_locked(self, lane: Lane, n: int) -> bool:
-        """Whether `lane` may take a request of `n` choices: they fit in max_batch, and the
+        """Whether `lane` may take a request of `n` choices: they fit in the slots, and the
         lanes stay balanced (it ends with at most its share, or it is the least loaded)."""
-        if self._reserved + n > self.max_batch:
+        if self._reserved + n > self.plan.sequences:
             return False
         share = -(-(self._reserved + n) // len(self._lanes))  # ceil
         mine = self._reserved_by_lane[lane.index]

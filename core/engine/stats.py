@@ -14,7 +14,10 @@ import statistics
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .state_memory import SlotPlan
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class LaneLoad:
     running: int = 0  # sequences (choices) in decode slots
     running_requests: int = 0  # requests with a sequence in decode slots
     prefilling: int = 0  # requests whose prompt is being read
+    prefill_states: int = 0  # prefilling requests that hold a state (at most one)
     slots: int = 0  # allocated state slots
 
 
@@ -62,9 +66,15 @@ class SchedulerStats:
     running_requests: int  # requests with a sequence in decode slots (vLLM's "running")
     waiting: int  # requests queued for admission
     prefilling: int  # requests whose prompt is being read
-    slots: int  # allocated state slots (each lane's pool grows up to max_batch)
+    slots: int  # allocated state slots (each lane's pool is allocated whole at first use)
     running_per_lane: list[int]  # running sequences of each lane
     max_batch: int
+    max_sequences: int  # slots planned: max_batch, or fewer where the state budget says so
+    free_slots: int  # slots not taken by admitted choices: room for waiting requests
+    state_bytes_per_sequence: int
+    max_state_memory: int  # the budget (generation.max_state_memory or its default)
+    state_memory_in_use: int  # bytes of state held by running and prefilling sequences
+    state_memory_allocated: int  # bytes of the lanes' slot pools and prefill states
     total_requests: int
     finished_requests: int
     aborted_requests: int
@@ -161,7 +171,14 @@ class StatsRecorder:
         return min(max(estimate, 1.0), 60.0)
 
     def snapshot(
-        self, *, model: str, waiting: int, loads: list[LaneLoad], max_batch: int
+        self,
+        *,
+        model: str,
+        waiting: int,
+        loads: list[LaneLoad],
+        max_batch: int,
+        plan: SlotPlan,
+        free_slots: int,
     ) -> SchedulerStats:
         with self._lock:
             now = time.monotonic()
@@ -181,6 +198,14 @@ class StatsRecorder:
             slots=sum(load.slots for load in loads),
             running_per_lane=[load.running for load in loads],
             max_batch=max_batch,
+            max_sequences=plan.sequences,
+            free_slots=free_slots,
+            state_bytes_per_sequence=plan.state_bytes,
+            max_state_memory=plan.max_state_memory,
+            state_memory_in_use=plan.state_bytes
+            * sum(load.running + load.prefill_states for load in loads),
+            state_memory_allocated=plan.state_bytes
+            * sum(load.slots + load.prefill_states for load in loads),
             total_requests=totals[0],
             finished_requests=totals[1],
             aborted_requests=totals[2],
