@@ -54,8 +54,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """One Chromium for this package's tests. Package-scoped on purpose: Playwright's sync API
+    keeps an event loop running on the main thread while it is open, and the async tests of
+    the packages after this one must find none."""
     executable = chromium_path()
     if executable is None:
         _skip_or_fail("no Chromium found (apt-get install chromium, or set HATCHERY_CHROMIUM)")
