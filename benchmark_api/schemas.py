@@ -23,7 +23,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from benchmark_api.results import Mode
-from core.api.outbound import check_url, default_base_url
+from core.api.outbound import allowed_hosts, check_url, default_base_url
 from core.api.request_model import RequestModel, one_or_many
 from core.api.submission import current_submission
 from core.config import Settings
@@ -225,7 +225,9 @@ class ServingBenchRequest(RequestModel):
     model_config = _STRICT
     kind: Literal["serving"] = "serving"
     base_url: str | None = Field(
-        None, description="OpenAI base URL (ending in /v1); default: this server's /v1."
+        None,
+        description="OpenAI base URL (ending in /v1); default: this server's /v1, or on a "
+        "server without one the generator's (services.generator_url).",
     )
     model: str | None = Field(None, description="Model name sent; default: the server's model.")
     concurrency: list[int] | None = Field([1], description="Maximum requests in flight.")
@@ -282,8 +284,10 @@ class ServingBenchRequest(RequestModel):
         submission = current_submission()
         if submission is not None:
             self.model = self.model or submission.settings.model.default
-            if self.base_url is None and submission.server_url is not None:
-                self.base_url = f"{submission.server_url}/v1"
+            if self.base_url is None and (
+                submission.server_url is not None or not submission.serves_openai
+            ):
+                self.base_url = submission.openai_base_url()
             self.check_settings(submission.settings)
         return self
 
@@ -299,7 +303,7 @@ class ServingBenchRequest(RequestModel):
             "prompt_bytes",
             "generation.max_prompt_bytes",
         )
-        check_url(self.target(settings), settings.outbound.allow_hosts)
+        check_url(self.target(settings), allowed_hosts(settings))
 
     def target(self, settings: Settings) -> str:
         """The OpenAI base URL to load: the one given, else this server's."""

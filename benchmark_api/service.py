@@ -51,6 +51,7 @@ from benchmark_api.roofline import (
 )
 from benchmark_api.schemas import EngineBenchRequest, ServingBenchRequest
 from benchmark_api.serving_bench import EndpointError, LevelStopped, LoadSpec, run_levels
+from core.api.outbound import peer_headers
 from core.engine import kernels
 from core.engine.checkpoint import load_checkpoint
 from core.engine.model import BDH, BDHConfig
@@ -329,6 +330,7 @@ def run_serving_benchmark(context: RunContext, request: ServingBenchRequest) -> 
         stream=request.stream,
         temperature=request.temperature,
         timeout_s=request.timeout_s,
+        headers=tuple(peer_headers(settings, base_url).items()),
     )
     run = _ServingRun(context, request, base_url, model, _serving_environment(context, model))
     context.save_partial_result(run.result(complete=False))

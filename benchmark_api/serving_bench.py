@@ -63,6 +63,7 @@ class LoadSpec:
     stream: bool = True
     temperature: float = 1.0
     timeout_s: float = 120.0
+    headers: tuple[tuple[str, str], ...] = ()  # e.g. the peer's API key
 
 
 @dataclass
@@ -323,7 +324,7 @@ async def run_levels(
     prompts = make_prompts(num_requests, prompt_bytes, seed)
     connector = aiohttp.TCPConnector(limit=0)
     results: list[ServingLevel] = []
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=dict(spec.headers)) as session:
         if probe:
             await probe_endpoint(session, spec, prompts[0], seed)
         for index, (concurrency, rate) in enumerate(levels):

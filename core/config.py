@@ -13,9 +13,18 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -30,6 +39,9 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1_048_576, gt=0)
+    # Binding beyond loopback with auth off is refused at start-up unless this is true: such a
+    # server lets anyone who reaches it run jobs and read every run.
+    allow_insecure: bool = False
 
 
 class ModelSettings(BaseModel):
@@ -246,6 +258,45 @@ class OutboundSettings(BaseModel):
     allow_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "::1"])
 
 
+class ServicesSettings(BaseModel):
+    """Where the other components are, for a process that does not serve them itself.
+
+    Each is the root URL of a server (``http://generator:8001``), without ``/v1``. A process
+    that does not serve ``/v1`` sends endpoint tests, the smoke suite's serving case and
+    serving benchmarks to ``generator_url``'s ``/v1``, with ``api_key``.
+    """
+
+    model_config = _FORBID
+    generator_url: str | None = None
+    test_url: str | None = None
+    benchmark_url: str | None = None
+    # The key this server presents to its peers (they usually share the deployment's key).
+    api_key: SecretStr | None = None
+
+    @field_validator("generator_url", "test_url", "benchmark_url")
+    @classmethod
+    def _root_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(f"{value!r} must not carry credentials, a query or a fragment")
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+    def peers(self) -> dict[str, str]:
+        """Component name -> root URL, for the peers that are configured."""
+        urls = {"generator": self.generator_url, "test": self.test_url}
+        urls["benchmark"] = self.benchmark_url
+        return {name: url for name, url in urls.items() if url is not None}
+
+    def auth_headers(self) -> dict[str, str]:
+        if self.api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self.api_key.get_secret_value()}"}
+
+
 # The YAML layer for the Settings() call in progress; a context variable keeps concurrent
 # load_settings calls (tests) from seeing each other's files.
 _yaml_layer: ContextVar[Mapping[str, Any] | None] = ContextVar("hatchery_yaml_layer", default=None)
@@ -277,6 +328,7 @@ class Settings(BaseSettings):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
     data_dir: str = "data"
 
     @model_validator(mode="after")
@@ -299,6 +351,24 @@ class Settings(BaseSettings):
 
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve beyond loopback with auth off, unless ``server.allow_insecure``.
+
+    Checked when a server starts, not when settings load: clients and tools that only read
+    the settings may run with any ``server.host``.
+    """
+    server = settings.server
+    if server.host.strip("[]") in _LOOPBACK_HOSTS or settings.auth.enabled:
+        return
+    if server.allow_insecure:
+        return
+    raise ConfigError(
+        f"server.host {server.host!r} is reachable beyond this machine but auth.enabled is "
+        "false: turn auth on (auth.api_keys), bind 127.0.0.1, or set "
+        "server.allow_insecure: true"
+    )
 
 
 def _check_ray_setup(settings: Settings) -> None:

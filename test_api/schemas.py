@@ -16,12 +16,13 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 import regex
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
-from core.api.outbound import UrlNotAllowed, check_url
+from core.api.outbound import UrlNotAllowed, allowed_hosts, check_url
 from core.api.request_model import RequestModel
 from core.api.submission import current_submission
 from core.engine.sampling import MAX_STOP_STRINGS, SamplingParams
+from core.store.models import TestOutcome
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$"
@@ -219,7 +220,8 @@ class EndpointRequest(SuiteRequest):
         None,
         max_length=2048,
         description="The API root, as given to OpenAI clients (e.g. http://127.0.0.1:8000/v1); "
-        "its host must be in settings.outbound.allow_hosts. Default: this server's /v1.",
+        "its host must be in settings.outbound.allow_hosts. Default: this server's /v1, or "
+        "on a server without one the generator's (services.generator_url).",
     )
     model: str | None = Field(
         None,
@@ -237,10 +239,10 @@ class EndpointRequest(SuiteRequest):
         if submission is None:
             return self  # not an HTTP submission: the job checks against its own settings
         if self.base_url is None:
-            if submission.server_url is None:
+            if submission.server_url is None and submission.serves_openai:
                 raise UrlNotAllowed("cannot tell this server's address; give base_url")
-            self.base_url = submission.server_url + "/v1"
-        self.base_url = check_url(self.base_url, submission.settings.outbound.allow_hosts)
+            self.base_url = submission.openai_base_url()
+        self.base_url = check_url(self.base_url, allowed_hosts(submission.settings))
         return self
 
 
@@ -269,7 +271,7 @@ class CaseResult(BaseModel):
 
 
 class TestReport(BaseModel):
-    """What a suite found. Failed cases do not fail the run; the counts say how it went."""
+    """What a suite found. Failed cases do not fail the run: ``outcome`` says how it went."""
 
     __test__: ClassVar[bool] = False  # not a pytest test class, whatever its name
 
@@ -289,14 +291,21 @@ class TestReport(BaseModel):
         self.cases.append(case)
         setattr(self, case.status.value, getattr(self, case.status.value) + 1)
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def outcome(self) -> TestOutcome:
+        """``failed`` when any case failed or errored, else ``passed`` (skips do not fail)."""
+        return "failed" if self.failed or self.errored else "passed"
+
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.errored == 0
+        return self.outcome == "passed"
 
     def summary(self) -> dict[str, Any]:
-        """The ``result`` event's summary: counts without the per-case details."""
+        """The ``result`` event's summary: counts and outcome, without the per-case details."""
         counts = self.model_dump(include={"suite", "model", "passed", "failed", "skipped"})
-        return counts | {"errored": self.errored, "duration_ms": round(self.duration_ms, 1)}
+        extra = {"errored": self.errored, "outcome": self.outcome}
+        return counts | extra | {"duration_ms": round(self.duration_ms, 1)}
 
 
 # GET /api/test/suites -----------------------------------------------------------------------

@@ -29,7 +29,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from core.api.middleware import configure_logging
-from core.config import Settings, load_settings
+from core.config import Settings, check_exposure, load_settings
 from unified_api.app import create_app as create_unified_app
 from unified_api.components import ALL, SERVE_TARGETS, component
 from unified_api.dashboard import dashboard_options
@@ -84,21 +84,27 @@ def resolve_options(
     model: str | None = None,
     threads: int | None = None,
     workers: int = 1,
+    services: dict[str, str | None] | None = None,
 ) -> tuple[ServeOptions, Settings]:
     """The flags as setting overrides, validated; raises ``ConfigError``.
 
-    ``--model NAME`` makes NAME the default model and the one model preloaded.
+    ``--model NAME`` makes NAME the default model and the one model preloaded. ``services``:
+    ``{"generator_url": ...}`` from ``--generator-url`` and its siblings. A server that would
+    bind beyond loopback with auth off is refused here (``core.config.check_exposure``).
     """
     if target not in SERVE_TARGETS:
         raise ValueError(f"unknown target {target!r}: choose one of {', '.join(SERVE_TARGETS)}")
     overrides: dict[str, Any] = {"server.host": host, "server.port": port, "model.threads": threads}
     if model is not None:
         overrides |= {"model.default": model, "model.preload": [model]}
+    for name, url in (services or {}).items():
+        overrides[f"services.{name}"] = url
     overrides = {key: value for key, value in overrides.items() if value is not None}
     settings = load_settings(config_file, **overrides)
     if settings.model.threads is None:
         overrides["model.threads"] = default_threads(workers)
         settings = load_settings(config_file, **overrides)
+    check_exposure(settings)
     return ServeOptions(target=target, config_file=config_file, overrides=overrides), settings
 
 

@@ -47,8 +47,9 @@ from core.api.ratelimit import AuthFailureLimiter, RateLimiter, RateLimitMiddlew
 from core.api.security import AuthMiddleware, KeyRing
 from core.api.submission import SubmissionContextMiddleware
 from core.api.system import build_system_router
-from core.config import Settings
+from core.config import Settings, check_exposure
 from core.engine_protocol import EngineFactory, ModelEngine
+from core.errors import ConfigError
 from core.runs.context import JobFn
 from core.runs.events import EventBus
 from core.runs.executor import JobTable, build_executor
@@ -188,6 +189,9 @@ def create_base_app(
     )
     install_error_handlers(app)
     install_openapi(app, settings)
+    # Whether this app answers /v1 itself decides where runs send their OpenAI requests.
+    own = [*routers, *(extra for spec in components for extra in spec.root_routers)]
+    app.state.serves_openai = any(path.startswith("/v1/") for path in _paths(own))
     _add_middleware(app, settings, public_files, public_redirects or {})
     app.include_router(build_system_router())
     app.include_router(build_docs_router(title))
@@ -218,7 +222,9 @@ def _add_middleware(
     public_redirects: Mapping[str, str],
 ) -> None:
     # add_middleware wraps what is there: added innermost first (see the module docstring).
-    app.add_middleware(SubmissionContextMiddleware, settings=settings)
+    app.add_middleware(
+        SubmissionContextMiddleware, settings=settings, serves_openai=app.state.serves_openai
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     if app.state.rate_limiter is not None:
         app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)
@@ -252,6 +258,11 @@ def _make_lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings: Settings = app.state.settings
+        try:
+            check_exposure(settings)
+        except ConfigError as exc:
+            logger.error("%s", exc)  # uvicorn's own message does not say why start-up failed
+            raise
         _warn_if_exposed(settings)
         if settings.model.threads is not None:
             await to_thread.run_sync(_set_torch_threads, settings.model.threads)
@@ -337,6 +348,7 @@ def _close(engine: ModelEngine | None) -> None:
 def _warn_if_exposed(settings: Settings) -> None:
     if settings.server.host not in _LOOPBACK and not settings.auth.enabled:
         logger.warning(
-            "listening on %s with auth disabled: anyone who can reach it can use it",
+            "listening on %s with auth disabled (server.allow_insecure): anyone who can "
+            "reach it can use it",
             settings.server.host,
         )

@@ -6,6 +6,11 @@ must name a host in ``settings.outbound.allow_hosts`` (default: loopback only; `
 any host). Hosts are compared as written, after normalising case and IP spelling: names are
 not resolved. Callers never follow redirects, which could lead off the list.
 
+Where a run's OpenAI endpoint is by default (``openai_base_url``): this server's ``/v1`` when
+it serves one, else the generator named by ``services.generator_url``; with neither the run is
+refused at submission (422 ``no_openai_endpoint``). The configured peers' hosts are allowed
+without listing them again, and only they (and this server) get ``services.api_key``.
+
 The check runs twice: at submission, so ``POST /api/{component}/run`` answers 400
 ``url_not_allowed`` instead of accepting a run that can only fail (the request models read the
 server's settings and address from ``core.api.submission``), and again in the job, against the
@@ -22,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.types import Scope
 
 from core.config import Settings
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, PlatformError
 
 ANY_HOST = "*"
 _UNSPECIFIED = {"0.0.0.0", "::", ""}
@@ -36,6 +41,43 @@ class UrlNotAllowed(InvalidRequest):
     def __init__(self, message: str, **kwargs: Any) -> None:
         kwargs.setdefault("param", "base_url")
         super().__init__(message, **kwargs)
+
+
+class NoOpenAIEndpoint(PlatformError):
+    """422: the run needs an OpenAI endpoint and this server neither serves nor knows one."""
+
+    status_code = 422
+    default_code = "no_openai_endpoint"
+
+
+def openai_base_url(settings: Settings, server_url: str | None, *, serves_openai: bool) -> str:
+    """The ``/v1`` a run targets when it names none (see the module docstring)."""
+    if serves_openai and server_url is not None:
+        return server_url + "/v1"
+    if settings.services.generator_url is not None:
+        return settings.services.generator_url + "/v1"
+    raise NoOpenAIEndpoint(
+        "this server does not serve /v1 and knows no generator: give base_url, or start it "
+        "with --generator-url (services.generator_url)",
+        param="base_url",
+    )
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """``outbound.allow_hosts`` plus the hosts of the configured peers."""
+    peers = (urlsplit(url).hostname for url in settings.services.peers().values())
+    return [*settings.outbound.allow_hosts, *(host for host in peers if host)]
+
+
+def peer_headers(settings: Settings, url: str) -> dict[str, str]:
+    """``services.api_key`` as a Bearer header when ``url`` is a peer or this server, else {}.
+
+    Never to other hosts: the key would leak to whoever runs them.
+    """
+    roots = [*settings.services.peers().values(), default_base_url(settings).removesuffix("/v1")]
+    if any(url == root or url.startswith(root + "/") for root in roots):
+        return settings.services.auth_headers()
+    return {}
 
 
 def check_url(url: str, allow_hosts: Sequence[str]) -> str:

@@ -30,16 +30,22 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.api.outbound import server_url_from_scope
+from core.api.outbound import openai_base_url, server_url_from_scope
 from core.config import Settings
 
 
 @dataclass(frozen=True)
 class Submission:
-    """The server a request came in through: its settings and its own root URL."""
+    """The server a request came in through: its settings, its own root URL, and whether it
+    serves the OpenAI routes (``/v1``) itself."""
 
     settings: Settings
     server_url: str | None
+    serves_openai: bool = True
+
+    def openai_base_url(self) -> str:
+        """Where a run's OpenAI requests go by default; 422 ``no_openai_endpoint`` if nowhere."""
+        return openai_base_url(self.settings, self.server_url, serves_openai=self.serves_openai)
 
 
 _current: ContextVar[Submission | None] = ContextVar("hatchery_submission", default=None)
@@ -63,13 +69,15 @@ def submitting(submission: Submission) -> Iterator[None]:
 class SubmissionContextMiddleware:
     """Pure ASGI, so the variable is set in the task that validates the body."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, serves_openai: bool = True) -> None:
         self.app = app
         self.settings = settings
+        self.serves_openai = serves_openai
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        with submitting(Submission(self.settings, server_url_from_scope(scope))):
+        server_url = server_url_from_scope(scope)
+        with submitting(Submission(self.settings, server_url, self.serves_openai)):
             await self.app(scope, receive, send)

@@ -16,7 +16,7 @@ import types
 from collections.abc import Mapping
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
@@ -27,10 +27,12 @@ from core.errors import ErrorResponse, InvalidRequest
 from core.runs.context import JobFn
 from core.runs.service import RunService
 from core.runs.streaming import add_stream_routes
-from core.store.models import Run, RunPublic, RunsPublic, RunStatus
+from core.store.models import Run, RunPublic, RunsPublic, RunStatus, TestOutcome
 
 logger = logging.getLogger(__name__)
 
+# Known to every server's /api/runs, whichever of them it serves itself.
+PLATFORM_COMPONENTS = ("test", "generator", "benchmark")
 ResultModels = type[BaseModel] | Mapping[str, type[BaseModel]]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 409, 422, 429)
@@ -194,9 +196,12 @@ class RunFilters:
         model: Annotated[str | None, Query(max_length=255)] = None,
         limit: Limit = 50,
         offset: Offset = 0,
+        outcome: Annotated[
+            TestOutcome | None, Query(description="Finished test runs that passed, or failed")
+        ] = None,
     ) -> None:
         self.status, self.kind, self.model = status, kind, model
-        self.limit, self.offset = limit, offset
+        self.limit, self.offset, self.outcome = limit, offset, outcome
 
 
 RunFiltersDep = Annotated[RunFilters, Depends()]
@@ -212,6 +217,7 @@ async def list_page(
         status=filters.status.value if filters.status else None,
         kind=filters.kind,
         model=filters.model,
+        outcome=filters.outcome,
         limit=filters.limit,
         offset=filters.offset,
     )
@@ -220,16 +226,32 @@ async def list_page(
 
 
 def build_all_runs_router() -> APIRouter:
-    """``GET /api/runs``: runs of every component, with the same filters."""
+    """``GET /api/runs``: runs of every component, with the same filters.
+
+    An unknown ``component`` is refused (422 ``unknown_component``) rather than answered with
+    an empty list: a typo must not look like "no runs". The platform's components are known
+    on every server, since servers sharing a store list each other's runs.
+    """
     router = APIRouter(prefix="/api", tags=["runs"], responses=_ERRORS)
 
     @router.get("/runs", operation_id="all_runs")
     async def list_all_runs(
+        request: Request,
         service: RunServiceDep,
         principal: PrincipalDep,
         filters: RunFiltersDep,
         component: Annotated[str | None, Query(max_length=64)] = None,
     ) -> RunsPublic:
+        if component is not None:
+            served = (spec.name for spec in getattr(request.app.state, "components", ()))
+            known = sorted({*PLATFORM_COMPONENTS, *served})
+            if component not in known:
+                raise InvalidRequest(
+                    f"unknown component {component!r}: choose one of {', '.join(known)}",
+                    code="unknown_component",
+                    param="component",
+                    status_code=422,
+                )
         return await list_page(service, principal.visible_to, component, filters)
 
     return router

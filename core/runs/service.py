@@ -25,6 +25,7 @@ from core.runs.events import EventBus
 from core.store import crud
 from core.store.db import Store
 from core.store.models import (
+    TEST_OUTCOMES,
     IdempotencyKey,
     Run,
     RunEvent,
@@ -223,15 +224,16 @@ class RunService:
                 fields: dict[str, Any] = {"error": error, "worker_id": None}
                 if result is not None:
                     fields["result"] = result
+                outcome = _outcome(result) if status == RunStatus.succeeded else None
                 if status == RunStatus.succeeded:
-                    fields.update(progress=1.0)
+                    fields.update(progress=1.0, outcome=outcome)
                 moved = crud.set_status(
                     session,
                     run_id=run_id,
                     status=status,
                     only_from=[RunStatus.running],
                     lease=lease,
-                    event_data={"error": error} if error else None,
+                    event_data=_status_extra(error, outcome),
                     **fields,
                 )
                 if moved is None:
@@ -327,3 +329,16 @@ def _key_in_use() -> Conflict:
         param="Idempotency-Key",
         headers={"Retry-After": "1"},
     )
+
+
+def _outcome(result: dict[str, Any] | None) -> str | None:
+    """The result's own ``outcome`` (test reports carry one), if it is a known value."""
+    value = (result or {}).get("outcome")
+    return value if value in TEST_OUTCOMES else None
+
+
+def _status_extra(error: dict[str, str] | None, outcome: str | None) -> dict[str, Any] | None:
+    """What the terminal status event carries besides the status: the error or the outcome."""
+    if error:
+        return {"error": error}
+    return {"outcome": outcome} if outcome else None

@@ -61,6 +61,7 @@ def list_runs(
     kind: str | None = None,
     model: str | None = None,
     owner: str | None = None,
+    outcome: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[Run], int]:
@@ -68,7 +69,9 @@ def list_runs(
 
     ``owner=None`` means every owner (admin, or auth off).
     """
-    filters = _filters(component=component, status=status, kind=kind, model=model, owner=owner)
+    filters = _filters(
+        component=component, status=status, kind=kind, model=model, owner=owner, outcome=outcome
+    )
     count = session.scalar(select(func.count()).select_from(Run).where(*filters)) or 0
     page = session.scalars(
         select(Run)
@@ -82,7 +85,7 @@ def list_runs(
 
 def _filters(**values: str | None) -> list[ColumnElement[bool]]:
     columns: dict[str, Any] = {"component": Run.component, "status": Run.status, "kind": Run.kind}
-    columns |= {"model": Run.model, "owner": Run.owner}
+    columns |= {"model": Run.model, "owner": Run.owner, "outcome": Run.outcome}
     return [col(columns[name]) == value for name, value in values.items() if value is not None]
 
 

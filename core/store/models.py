@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import JSON, DateTime, Index, String, TypeDecorator
@@ -88,6 +88,11 @@ class RunStatus(StrEnum):
         return self in TERMINAL_STATUSES
 
 
+# What a finished test run found: "failed" when any case failed or errored. Kept apart from
+# the status, which stays the lifecycle ("succeeded" = the suite ran to the end).
+TestOutcome = Literal["passed", "failed"]
+TEST_OUTCOMES: tuple[str, ...] = ("passed", "failed")
+
 TERMINAL_STATUSES = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
 
 
@@ -112,6 +117,8 @@ class Run(RunBase, table=True):
     owner: str | None = Field(default=None, max_length=64, index=True)
     result: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     error: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    # A test result's outcome (TEST_OUTCOMES), set with the final result; null for other runs.
+    outcome: str | None = Field(default=None, sa_type=String(16), index=True)
     # Times the run was started; a start that ended in a clean shutdown is refunded below, so
     # attempts - attempts_refunded is what max_attempts limits. Kept monotonic because events
     # are tagged with their attempt: two stretches of a stream must never share a number.
@@ -181,6 +188,7 @@ class RunPublic(RunBase):
     eta_s: float | None
     error: RunError | None
     attempts: int
+    outcome: TestOutcome | None = None
     links: RunLinks
 
     @classmethod
@@ -203,6 +211,7 @@ class RunPublic(RunBase):
             eta_s=_eta_s(run, elapsed),
             error=RunError.model_validate(run.error) if run.error else None,
             attempts=run.attempts,
+            outcome=run.outcome if run.status == RunStatus.succeeded else None,  # type: ignore[arg-type]
             links=RunLinks(
                 status=f"{base}/status/{run.id}",
                 results=f"{base}/results/{run.id}",

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from core.api.outbound import check_url, default_base_url
+from core.api.outbound import allowed_hosts, check_url, default_base_url, peer_headers
 from core.errors import PlatformError
 from test_api.cases import Case, CaseFailed, CaseSkipped, Details, Plan, SuiteEnv, clip, expect
 from test_api.schemas import EndpointRequest
@@ -53,12 +53,12 @@ USER_AGENT = "hatchery-test-endpoint/0.1"
 
 def plan(env: SuiteEnv, request: EndpointRequest) -> Plan:
     base_url = check_url(
-        request.base_url or default_base_url(env.settings), env.settings.outbound.allow_hosts
+        request.base_url or default_base_url(env.settings), allowed_hosts(env.settings)
     )
     client = httpx.Client(
         timeout=request.request_timeout_s,
         follow_redirects=False,
-        headers={"User-Agent": USER_AGENT},
+        headers={"User-Agent": USER_AGENT, **peer_headers(env.settings, base_url)},
     )
     try:
         checks = _EndpointChecks(client, base_url, request, env)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings, load_settings
+from core.config import Settings, check_exposure, load_settings
 from core.errors import ConfigError
 
 
@@ -29,7 +29,9 @@ def test_defaults_match_the_contract() -> None:
         "host": "127.0.0.1",
         "port": 8000,
         "max_body_bytes": 1048576,
+        "allow_insecure": False,
     }
+    assert settings.services.peers() == {} and settings.services.api_key is None
     assert settings.model.preload == ["bdh-shakespeare"]
     assert settings.generation.max_tokens_limit == 4096
     assert settings.store.url == "sqlite:///./data/hatchery.db"
@@ -160,3 +162,40 @@ def test_ray_resources_per_component_and_kind() -> None:
         load_settings(**{"executor.ray_resources": {"Bad Key": {}}})
     with pytest.raises(ConfigError, match="gpus"):
         load_settings(**{"executor.ray_resources": {"test": {"gpus": 1}}})
+
+
+def test_services_from_env_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HATCHERY_SERVICES__GENERATOR_URL", "http://generator:8001/")
+    monkeypatch.setenv("HATCHERY_SERVICES__API_KEY", "peer-key")
+    settings = load_settings(**{"services.benchmark_url": "https://bench.example:8443"})
+    assert settings.services.peers() == {
+        "generator": "http://generator:8001",
+        "benchmark": "https://bench.example:8443",
+    }
+    assert settings.services.auth_headers() == {"Authorization": "Bearer peer-key"}
+    assert "peer-key" not in repr(settings.services)  # a secret, never printed
+    for bad in ("generator:8001", "ftp://g:1", "http://user:pw@g:1", "http://g:1/?x=1"):
+        with pytest.raises(ConfigError, match="services.generator_url"):
+            load_settings(**{"services.generator_url": bad})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        ({"server.host": "0.0.0.0"}, True),
+        ({"server.host": "::"}, True),
+        ({"server.host": "0.0.0.0", "server.allow_insecure": True}, False),
+        ({"server.host": "0.0.0.0", "auth.enabled": True, "auth.api_keys": ["k"]}, False),
+        ({"server.host": "127.0.0.1"}, False),
+        ({"server.host": "::1"}, False),
+    ],
+)
+def test_serving_beyond_loopback_needs_auth_or_allow_insecure(
+    overrides: dict[str, object], refused: bool
+) -> None:
+    settings = load_settings(**overrides)  # loading never refuses: clients read these too
+    if refused:
+        with pytest.raises(ConfigError, match="server.allow_insecure"):
+            check_exposure(settings)
+    else:
+        check_exposure(settings)

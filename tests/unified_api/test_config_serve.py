@@ -94,7 +94,8 @@ def test_refusals_from_the_file_and_the_environment(
 def test_flags_override_env_override_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(
-        "server: {host: 10.0.0.1, port: 9001}\nmodel: {default: from-file, threads: 2}\n",
+        "server: {host: 10.0.0.1, port: 9001, allow_insecure: true}\n"
+        "model: {default: from-file, threads: 2}\n",
         encoding="utf-8",
     )
     options, settings = resolve_options("generator", str(config))
@@ -117,6 +118,8 @@ def test_flags_override_env_override_file(tmp_path: Path, monkeypatch: pytest.Mo
 
     with pytest.raises(ConfigError, match=r"server\.port"):
         resolve_options("all", None, port=0)
+    with pytest.raises(ConfigError, match=r"server\.allow_insecure"):
+        resolve_options("all", None, host="0.0.0.0")
     with pytest.raises(ValueError, match="unknown target"):
         resolve_options("everything", None)
 

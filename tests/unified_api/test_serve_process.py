@@ -162,16 +162,29 @@ def store_run(store: Store, run_id: str | None) -> dict[str, Any]:
         return {"status": run.status, "attempts": run.attempts, "error": run.error}
 
 
-def test_binding_beyond_loopback_without_auth_warns(
+def test_binding_beyond_loopback_without_auth_refuses_to_start(
     tmp_path: Path,
     models_dir: Path,
     live_server: Callable[[FastAPI], LiveServer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # The live server binds loopback whatever the settings say; the warning reads the settings.
+    # The live server binds loopback whatever the settings say; the check reads the settings.
     exposed = nano_settings(tmp_path, models_dir, **{"server.host": "0.0.0.0", "model.preload": []})
+    refused = LiveServer(create_app(exposed))
+    try:
+        with pytest.raises(RuntimeError, match="did not start"):
+            refused.start()
+    finally:
+        refused.stop()
+    assert any("server.allow_insecure" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    insecure = nano_settings(
+        tmp_path,
+        models_dir,
+        **{"server.host": "0.0.0.0", "model.preload": [], "server.allow_insecure": True},
+    )
     with caplog.at_level(logging.WARNING, logger="core.api.app"):
-        live_server(create_app(exposed))
+        live_server(create_app(insecure))
     assert any("auth disabled" in r.getMessage() for r in caplog.records)
     caplog.clear()
     guarded = nano_settings(
