@@ -52,6 +52,7 @@ from benchmark_api.roofline import (
 from benchmark_api.schemas import EngineBenchRequest, ServingBenchRequest
 from benchmark_api.serving_bench import EndpointError, LevelStopped, LoadSpec, run_levels
 from core.api.outbound import peer_headers
+from core.config import Settings
 from core.engine import kernels
 from core.engine.checkpoint import load_checkpoint
 from core.engine.model import BDH, BDHConfig
@@ -63,6 +64,7 @@ from core.engine.registry import (
 )
 from core.engine.training import get_template
 from core.errors import NotFound, PlatformError, RunCancelled
+from core.peers import ensure_model
 from core.runs.context import JobFn, RunContext
 
 logger = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def run_engine_benchmark(context: RunContext, request: EngineBenchRequest) -> En
         load = functools.partial(_untrained, request.template, device, seed=request.seed)
     else:
         name = request.model or context.settings.model.default
-        config = _config_of(registry, name)
+        config = _config_of(registry, name, context.settings)
         load = functools.partial(_load, registry, name, device)
     context.progress(0.0, "measuring memory bandwidth and matmul peak")
     limits = MachineLimits.measure(device, dram_footprint_bytes=request.bandwidth_mb * 2**20)
@@ -289,7 +291,8 @@ def _registry(context: RunContext) -> ModelRegistry:
     return context.engine.registry
 
 
-def _config_of(registry: ModelRegistry, name: str) -> BDHConfig:
+def _config_of(registry: ModelRegistry, name: str, settings: Settings) -> BDHConfig:
+    ensure_model(registry, name, settings)  # a model this server lacks comes from the generator
     try:
         return registry.info(name).config
     except ModelNotFoundError as exc:

@@ -70,6 +70,8 @@ def run_table(run: RunPublic) -> Table:
         "eta": f"{run.eta_s:.1f} s" if run.eta_s is not None else "-",
         "attempts": str(run.attempts),
     }
+    if run.outcome is not None:
+        rows["outcome"] = styled(run.outcome)
     if run.error is not None:
         rows["error"] = f"[red]{escape(run.error.code)}[/red]: {escape(run.error.message)}"
     for key, value in rows.items():
@@ -78,8 +80,9 @@ def run_table(run: RunPublic) -> Table:
 
 
 # Most wanted first: a narrow terminal drops columns from the end of this list, never cuts one.
-_RUN_PRIORITY = ("id", "status", "kind", "created", "model", "component", "progress")
-_RUN_ORDER = ("id", "component", "kind", "model", "status", "progress", "created")
+_RUN_PRIORITY = ("id", "status", "outcome", "kind", "created", "model", "component", "progress")
+_RUN_ORDER = ("id", "component", "kind", "model", "status", "outcome", "progress", "created")
+_STYLED = ("status", "outcome")
 _COLUMN_CHROME = 3  # a column's padding and border; the table adds one more
 
 
@@ -95,6 +98,7 @@ def runs_table(page: RunsPublic, width: int = 200) -> Table:
             "kind": run.kind,
             "model": run.model or "-",
             "status": run.status.value,
+            "outcome": run.outcome or "-",
             "progress": f"{run.progress:.0%}",
             "created": run.created_at.strftime("%m-%d %H:%M")
             if short
@@ -113,7 +117,9 @@ def runs_table(page: RunsPublic, width: int = 200) -> Table:
     for column in columns:
         table.add_column(column, no_wrap=True)
     for row in cells:
-        table.add_row(*(styled(row[c]) if c == "status" else escape(row[c]) for c in columns))
+        table.add_row(
+            *(styled(row[c]) if c in ("status", "outcome") else escape(row[c]) for c in columns)
+        )
     return table
 
 
@@ -152,11 +158,8 @@ def print_results(console: Console, results: RunResults) -> None:
 
 
 def outcome_ok(results: RunResults) -> bool:
-    """Succeeded, and for a test report: no failed or errored case."""
-    result = results.result_dict() or {}
-    if results.run.component == "test":
-        return results.succeeded and not result.get("failed") and not result.get("errored")
-    return results.succeeded
+    """Succeeded, and for a test run: outcome passed (no failed or errored case)."""
+    return results.passed
 
 
 def _test_report(console: Console, report: dict[str, Any]) -> None:
@@ -174,7 +177,8 @@ def _test_report(console: Console, report: dict[str, Any]) -> None:
     console.print(table)
     outcomes = ("passed", "failed", "skipped", "errored")
     counts = ", ".join(f"{report.get(outcome, 0)} {outcome}" for outcome in outcomes)
-    console.print(f"{counts} in {number(report.get('duration_ms'))} ms", highlight=False)
+    verdict = styled(str(report.get("outcome", "?")))
+    console.print(f"outcome {verdict}: {counts} in {number(report.get('duration_ms'))} ms")
 
 
 def _engine_rows(console: Console, result: dict[str, Any]) -> None:

@@ -53,6 +53,7 @@ from clients.models import (
     RunsPublic,
     RunStatus,
     SuiteInfo,
+    TestOutcome,
     Tokenized,
 )
 
@@ -121,8 +122,10 @@ class AsyncApiClient(BaseClient):
         model: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        outcome: TestOutcome | None = None,
     ) -> RunsPublic:
-        filters = {"status": status, "kind": kind, "model": model}
+        """Test runs, newest first; ``outcome`` keeps finished runs that passed (or failed)."""
+        filters = {"status": status, "kind": kind, "model": model, "outcome": outcome}
         return await self._send(self._list_call(TEST, **filters, limit=limit, offset=offset))
 
     async def cancel_test(self, run_id: str) -> RunPublic:

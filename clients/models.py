@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from core.store.models import RunEventPublic, RunPublic, RunsPublic, RunStatus
+from core.store.models import RunEventPublic, RunPublic, RunsPublic, RunStatus, TestOutcome
 
 __all__ = [
     "ChatCompletion",
@@ -25,6 +25,7 @@ __all__ = [
     "RunResults",
     "RunStatus",
     "RunsPublic",
+    "TestOutcome",
     "Usage",
 ]
 
@@ -48,6 +49,18 @@ class RunResults(BaseModel):
     @property
     def succeeded(self) -> bool:
         return self.run.status == RunStatus.succeeded
+
+    @property
+    def outcome(self) -> TestOutcome | None:
+        """A finished test run's ``passed`` / ``failed`` (None for other runs)."""
+        return self.run.outcome
+
+    @property
+    def passed(self) -> bool:
+        """The run finished and, for a test run, every case passed (or was skipped)."""
+        if self.run.component == "test":
+            return self.succeeded and self.outcome == "passed"
+        return self.succeeded
 
     def result_dict(self) -> dict[str, Any] | None:
         """The result as plain JSON data, whatever it was parsed into."""

@@ -52,6 +52,7 @@ from clients.models import (
     RunsPublic,
     RunStatus,
     SuiteInfo,
+    TestOutcome,
     Tokenized,
 )
 
@@ -106,8 +107,10 @@ class ApiClient(BaseClient):
         model: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        outcome: TestOutcome | None = None,
     ) -> RunsPublic:
-        filters = {"status": status, "kind": kind, "model": model}
+        """Test runs, newest first; ``outcome`` keeps finished runs that passed (or failed)."""
+        filters = {"status": status, "kind": kind, "model": model, "outcome": outcome}
         return self._send(self._list_call(TEST, **filters, limit=limit, offset=offset))
 
     def cancel_test(self, run_id: str) -> RunPublic:

@@ -2,7 +2,8 @@
 API, interactive WebSocket generation.
 
 `SPEC` declares the component: its ``routers`` hold its own routes under ``/api/generator``
-(``templates``, ``model``, ``WS stream``), its ``root_routers`` the OpenAI-compatible ones
+(``templates``, ``model``, ``models`` with each model's files for other servers to
+fetch, ``WS stream``), its ``root_routers`` the OpenAI-compatible ones
 outside it (``/v1/*``, ``/tokenize``, ``/detokenize``), so
 ``create_base_app(settings, components=[SPEC, ...])`` serves all of it.
 
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 from core.api.app import ComponentSpec, create_base_app
 from core.config import Settings, load_settings
 
+from .model_routes import build_model_files_router
 from .openai import build_openai_router
 from .routes import COMPONENT, build_generator_router
 from .schemas import RESULT_MODELS, GeneratorRequest
@@ -28,7 +30,7 @@ SPEC = ComponentSpec(
     requests=GeneratorRequest,
     result_model=RESULT_MODELS,
     jobs={"text": generate_text, "model": create_model_job},
-    routers=(build_generator_router(),),
+    routers=(build_generator_router(), build_model_files_router()),
     root_routers=(build_openai_router(),),
 )
 

@@ -13,10 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.api.request_model import RequestModel, one_or_many
 from core.config import Settings
-from core.engine.registry import MODEL_NAME
+from core.engine.corpus import CorpusError, corpus_file
+from core.engine.registry import MODEL_NAME, model_exists
 from core.engine.sampling import MAX_STOP_STRINGS, SamplingParams
 from core.engine.training import TEMPLATES
-from core.errors import InvalidRequest
+from core.errors import Conflict, InvalidRequest
 
 MAX_PROMPTS = 256
 # Run parameters and results are stored as JSON; PostgreSQL's JSONB cannot hold U+0000.
@@ -172,6 +173,30 @@ class ModelRunRequest(RequestModel):
     def model(self) -> str:
         """The model this run is about (recorded on the run, so runs can be listed by model)."""
         return self.name
+
+    def admit(self, settings: Settings) -> None:
+        """Refuse at the door what the job would refuse later (file checks: off the loop).
+
+        A missing corpus file is 422 ``corpus_unavailable``; an existing model without
+        ``overwrite: true`` is 409 ``model_exists``. The job checks both again.
+        """
+        if self.corpus is not None:
+            try:
+                corpus_file(self.corpus, settings.data_dir)
+            except CorpusError as exc:
+                raise InvalidRequest(
+                    str(exc), param="corpus", code="corpus_unavailable", status_code=422
+                ) from None
+        if not self.overwrite and model_exists(settings.model.models_dir, self.name):
+            raise model_exists_error(self.name)
+
+
+def model_exists_error(name: str) -> Conflict:
+    return Conflict(
+        f"a model named {name!r} exists; set overwrite: true to replace it",
+        param="name",
+        code="model_exists",
+    )
 
 
 class TrainingMetrics(BaseModel):

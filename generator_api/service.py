@@ -29,7 +29,7 @@ from core.engine.training import (
     training_schedule,
 )
 from core.engine_protocol import require_engine
-from core.errors import Conflict, InvalidRequest, Overloaded, PlatformError
+from core.errors import InvalidRequest, Overloaded, PlatformError
 from core.runs.context import RunContext
 
 from .generation import open_scheduler_sync, submit_one
@@ -41,6 +41,7 @@ from .schemas import (
     TextRunResult,
     TrainingMetrics,
     Usage,
+    model_exists_error,
     storable,
 )
 
@@ -237,11 +238,7 @@ def create_model_job(context: RunContext, request: ModelRunRequest) -> ModelRunR
     engine = require_engine(context.engine)
     registry = engine.registry
     if registry.exists(request.name) and not request.overwrite:
-        raise Conflict(
-            f"a model named {request.name!r} exists; set overwrite: true to replace it",
-            param="name",
-            code="model_exists",
-        )
+        raise model_exists_error(request.name)
     corpus = _load_corpus(context, request)
     training = training_config(request)
     state_dir = Path(context.settings.data_dir) / "training" / context.run_id

@@ -83,6 +83,25 @@ class SmokeRequest(ModelSuiteRequest):
     prompt: str = Field("The ", min_length=1, max_length=2000)
     max_tokens: int = Field(16, ge=1, le=256)
     seed: int = Field(0, ge=0)
+    serving_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="OpenAI base URL whose greedy completion the serving_path case compares "
+        "with the model's own. Default: this server's engine; on a server without /v1, the "
+        "generator's (services.generator_url) when one is configured.",
+    )
+
+    @model_validator(mode="after")
+    def _serving_target(self) -> SmokeRequest:
+        submission = current_submission()
+        if submission is None:
+            return self
+        if self.serving_url is None and not submission.serves_openai:
+            generator = submission.settings.services.generator_url
+            self.serving_url = f"{generator}/v1" if generator else None
+        if self.serving_url is not None:
+            self.serving_url = check_url(self.serving_url, allowed_hosts(submission.settings))
+        return self
 
 
 class ConsistencyRequest(ModelSuiteRequest):

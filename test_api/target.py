@@ -30,6 +30,7 @@ from core.engine.scheduler import EngineOverloaded
 from core.engine.sequence import CompletionOutput, SequenceDecoder
 from core.engine_protocol import ModelEngine, require_engine
 from core.errors import InvalidRequest, NotFound, PlatformError
+from core.peers import ensure_model
 from test_api.cases import Watchdog
 from test_api.schemas import ModelSuiteRequest
 
@@ -92,8 +93,9 @@ def find_target(
     registry = ModelRegistry.from_settings(settings) if engine is None else engine.registry
     name = request.model or settings.model.default
     try:
-        exists = registry.exists(name)
         registry.path_of(name)
+        # A model this server lacks is fetched from the generator (services.generator_url).
+        exists = ensure_model(registry, name, settings)
     except InvalidModelNameError as exc:
         raise InvalidRequest(str(exc), code="invalid_model_name", param="model") from None
     if not exists:

@@ -47,6 +47,7 @@ class NoOpenAIEndpoint(PlatformError):
     """422: the run needs an OpenAI endpoint and this server neither serves nor knows one."""
 
     status_code = 422
+    error_type = "invalid_request_error"
     default_code = "no_openai_endpoint"
 
 

@@ -24,6 +24,7 @@ from core.api.deps import EngineDep, PrincipalDep, SettingsDep, StoreDep
 from core.api.metrics import AppMetrics, iter_routes, runs_by_status
 from core.engine_protocol import ModelEngine
 from core.errors import ErrorResponse, NotReady
+from core.peers import peer_status
 
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -56,6 +57,14 @@ class Features(BaseModel):
     engine: bool
 
 
+class Peer(BaseModel):
+    component: str
+    url: str
+    reachable: bool  # its /health answered 200 within a short timeout
+    latency_ms: float | None = None
+    error: str | None = None
+
+
 class Info(BaseModel):
     name: Literal["hatchery"] = "hatchery"
     version: str
@@ -68,6 +77,7 @@ class Info(BaseModel):
     models: list[ModelSummary]
     executor: str
     components: list[str]
+    peers: list[Peer] = Field(description="The other component servers (services.*).")
     features: Features
 
 
@@ -118,6 +128,7 @@ def build_system_router() -> APIRouter:
     @router.get("/info", operation_id="info")
     async def info(request: Request, settings: SettingsDep, engine: EngineDep) -> Info:
         models = await run_in_threadpool(_model_summaries, engine)
+        peers = await run_in_threadpool(peer_status, settings)
         return Info(
             version=request.app.version,
             python=platform.python_version(),
@@ -129,6 +140,7 @@ def build_system_router() -> APIRouter:
             models=models,
             executor=settings.executor.kind,
             components=[spec.name for spec in getattr(request.app.state, "components", ())],
+            peers=[Peer.model_validate(peer) for peer in peers],
             features=_features(request, engine),
         )
 

@@ -51,16 +51,28 @@ def load_corpus(spec: str, data_dir: str | Path) -> Corpus:
     data_dir = Path(data_dir)
     if spec == "shakespeare":
         return Corpus("shakespeare", shakespeare_text(data_dir / "cache").encode("utf-8"))
+    path = corpus_file(spec, data_dir)
+    assert path is not None  # only the built-in corpus has no file
+    return Corpus(spec, path.read_bytes())
+
+
+def corpus_file(spec: str, data_dir: str | Path) -> Path | None:
+    """The file of corpus `spec` (None for the built-in one); CorpusError if there is none.
+
+    Cheap (one stat), so requests are checked with it before a run is accepted.
+    """
+    if spec == "shakespeare":
+        return None
+    corpora = Path(data_dir) / "corpora"
     if not _NAME.fullmatch(spec) or ".." in spec:
         raise CorpusError(
-            f"corpus {spec!r} is not a valid name: use 'shakespeare' or a file name in "
-            f"{data_dir / 'corpora'}"
+            f"corpus {spec!r} is not a valid name: use 'shakespeare' or a file name in {corpora}"
         )
-    root = (data_dir / "corpora").resolve()
+    root = corpora.resolve()
     path = (root / spec).resolve()
     if root not in path.parents or not path.is_file():
         raise CorpusError(f"corpus {spec!r} not found in {root}")
-    return Corpus(spec, path.read_bytes())
+    return path
 
 
 def text_corpus(text: str, name: str = "uploaded") -> Corpus:

@@ -83,6 +83,11 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}") from None
 
 
+def model_exists(models_dir: str | Path, name: str) -> bool:
+    """Whether ``models_dir`` holds a complete model ``name`` (no loading, no device)."""
+    return ModelRegistry(models_dir, device="cpu").exists(name)
+
+
 class ModelRegistry:
     """Thread-safe: loads each model at most once per (device, dtype)."""
 

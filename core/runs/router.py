@@ -13,7 +13,7 @@ import functools
 import logging
 import operator
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from core.api.deps import RunServiceDep
 from core.api.params import Limit, Offset
 from core.api.security import Principal, PrincipalDep
+from core.api.submission import current_submission
 from core.errors import ErrorResponse, InvalidRequest
 from core.runs.context import JobFn
 from core.runs.service import RunService
@@ -150,14 +151,24 @@ async def submit_request(
         model=model if isinstance(model, str) else None,
         owner=principal.owner,
         idempotency_key=idempotency_key,
+        admit=_admission(request),
     )
-    run, created = await run_in_threadpool(create)
+    run, created = await run_in_threadpool(create)  # off the loop, admission checks included
     public = RunPublic.from_run(run)
     response.headers["Location"] = public.links.status
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     return public
+
+
+def _admission(request: BaseModel) -> Callable[[], None] | None:
+    """The request's own checks against this server (``admit(settings)``), if it has any."""
+    admit = getattr(request, "admit", None)
+    submission = current_submission()
+    if not callable(admit) or submission is None:
+        return None
+    return functools.partial(admit, submission.settings)
 
 
 def _add_read_routes(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +60,15 @@ class RunService:
         model: str | None = None,
         owner: str | None = None,
         idempotency_key: str | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> tuple[Run, bool]:
-        """Accept a run; returns (run, created). With a key, a repeat returns the original."""
+        """Accept a run; returns (run, created). With a key, a repeat returns the original.
+
+        ``admit`` (raises to refuse) checks a new run against the server's state; a replay
+        skips it, since the first run may have changed that state (a model it created).
+        """
+        if admit is not None and not self._seen_key(owner, component, idempotency_key):
+            admit()
         fields: dict[str, Any] = {
             "component": component,
             "kind": kind,
@@ -77,6 +84,13 @@ class RunService:
         if created and self.executor is not None:
             self.executor.submit(run.id)
         return run, created
+
+    def _seen_key(self, owner: str | None, component: str, key: str | None) -> bool:
+        if key is None:
+            return False
+        scope = {"owner": owner or "", "component": component, "key": key}
+        with self.store.read_session() as session:
+            return crud.find_idempotency_key(session, **scope) is not None
 
     def _create_once(self, fields: dict[str, Any], owner: str | None, key: str) -> tuple[Run, bool]:
         scope = {"owner": owner or "", "component": fields["component"], "key": key}

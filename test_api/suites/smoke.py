@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import torch
 
+from core.api.outbound import allowed_hosts, check_url, peer_headers
 from core.engine import LanguageModel
 from core.engine.checkpoint import CheckpointError
 from core.engine.sampling import SamplingParams
@@ -162,6 +164,8 @@ class _SmokeChecks:
 
     def serving_path(self) -> Details:
         lm = self._lm()
+        if self.request.serving_url is not None:
+            return self._remote_serving_path(lm, self.request.serving_url)
         if not self.target.served:
             raise CaseSkipped(
                 "the engine serves this model on another device or dtype; the direct path "
@@ -179,5 +183,46 @@ class _SmokeChecks:
                 lm, prompt_ids, served.token_ids, reference.token_ids, tolerance_for(lm.dtype)
             )
             expect(tie["tie"], "the scheduler's greedy tokens differ from the model's", **tie)
+            details["near_tie"] = tie
+        return details
+
+    def _remote_serving_path(self, lm: LanguageModel, base_url: str) -> Details:
+        """The greedy completion of the generator this server sends OpenAI requests to."""
+        reference = self.outputs.get("greedy")
+        if reference is None:
+            raise CaseSkipped("no greedy generation to compare with")
+        settings = self.env.settings
+        url = check_url(base_url, allowed_hosts(settings)) + "/completions"
+        body = {
+            "model": self.target.name,
+            "prompt": self.request.prompt,
+            "max_tokens": self.request.max_tokens,
+            "temperature": 0.0,
+        }
+        timeout = max(0.05, min(60.0, self.env.watchdog.remaining()))
+        try:
+            response = httpx.post(
+                url, json=body, headers=peer_headers(settings, url), timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            raise CaseFailed(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
+        expect(
+            response.status_code == 200,
+            f"{url} answered {response.status_code}",
+            body=clip(response.text),
+        )
+        choice = response.json()["choices"][0]
+        served_ids = list(choice["text"].encode("utf-8"))
+        details: Details = {
+            "url": url,
+            "text": clip(choice["text"]),
+            "finish_reason": choice.get("finish_reason"),
+        }
+        if served_ids != reference.token_ids:
+            prompt_ids = lm.encode_prompt(self.request.prompt)
+            tie = divergence_is_tie(
+                lm, prompt_ids, served_ids, reference.token_ids, tolerance_for(lm.dtype)
+            )
+            expect(tie["tie"], "the generator's greedy tokens differ from the model's", **tie)
             details["near_tie"] = tie
         return details

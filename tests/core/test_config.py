@@ -175,7 +175,7 @@ def test_services_from_env_and_overrides(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.services.auth_headers() == {"Authorization": "Bearer peer-key"}
     assert "peer-key" not in repr(settings.services)  # a secret, never printed
     for bad in ("generator:8001", "ftp://g:1", "http://user:pw@g:1", "http://g:1/?x=1"):
-        with pytest.raises(ConfigError, match="services.generator_url"):
+        with pytest.raises(ConfigError, match=r"services\.generator_url"):
             load_settings(**{"services.generator_url": bad})
 
 
@@ -195,7 +195,7 @@ def test_serving_beyond_loopback_needs_auth_or_allow_insecure(
 ) -> None:
     settings = load_settings(**overrides)  # loading never refuses: clients read these too
     if refused:
-        with pytest.raises(ConfigError, match="server.allow_insecure"):
+        with pytest.raises(ConfigError, match=r"server\.allow_insecure"):
             check_exposure(settings)
     else:
         check_exposure(settings)

@@ -22,15 +22,17 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """Serves ``app`` on 127.0.0.1:<free port>; the lifespan runs as in production."""
+    """Serves ``app`` on 127.0.0.1:<port> (default: a free one); the lifespan runs as in
+    production. Servers that must know each other's URLs before their apps exist take ports
+    from ``free_port()`` first."""
 
-    def __init__(self, app: FastAPI, *, access_log: bool = False) -> None:
+    def __init__(self, app: FastAPI, port: int = 0, *, access_log: bool = False) -> None:
         """``access_log``: log every request and WebSocket at INFO through the root logger
         (uvicorn's own handlers off), as ``hatchery serve`` does, so tests can read the lines."""
         self.app = app
         self._socket = socket.socket()
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
+        self._socket.bind(("127.0.0.1", port))
         self.port: int = self._socket.getsockname()[1]
         logging_options: dict[str, Any] = (
             {"log_level": "info", "log_config": None} if access_log else {"log_level": "warning"}

@@ -102,8 +102,13 @@ def test_endpoint_url_outside_the_allow_list_is_400(client: httpx.Client, url: s
 def test_defaults_are_filled_in_at_submission(client: httpx.Client, server: LiveServer) -> None:
     run = submit(client, {"kind": "smoke", "max_tokens": 4})
     assert run["model"] == NANO and run["params"]["model"] == NANO
-    endpoint = submit(client, {"kind": "endpoint", "request_timeout_s": 5})
+    endpoint = submit(client, {"kind": "endpoint", "base_url": f"{server.url}/v1"})
     assert endpoint["params"]["base_url"] == f"{server.url}/v1"
+    # This server serves no /v1 and knows no generator: refused, never a run of 404s.
+    refused = client.post("/api/test/run", json={"kind": "endpoint", "request_timeout_s": 5})
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "no_openai_endpoint"
+    assert run["params"]["serving_url"] is None  # smoke's serving case: this server's engine
     for started in (run, endpoint):  # only the submission matters here
         client.post(f"/api/test/cancel/{started['id']}")
         assert wait_finished(client, started["id"])["status"] in ("cancelled", "succeeded")
