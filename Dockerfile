@@ -38,20 +38,25 @@ COPY clients ./clients
 COPY hatchery_cli ./hatchery_cli
 RUN pip install ".${EXTRAS:+[${EXTRAS}]}"
 
-COPY models ./models
 COPY config.example.yaml ./
 
 RUN useradd --create-home --uid 10001 hatchery \
-    && mkdir -p /app/data \
-    && chown -R hatchery:hatchery /app/data /app/models
+    && mkdir -p /app/data /app/models \
+    && chown hatchery:hatchery /app/data /app/models
+# Only the shipped model (.dockerignore keeps local models and data out of the context),
+# owned by the server's user: a named volume mounted on /app/models starts as a copy of this
+# directory (owner included), so models created at run time are written to the volume.
+COPY --chown=hatchery:hatchery models/bdh-shakespeare ./models/bdh-shakespeare
 USER hatchery
-VOLUME ["/app/data"]
+VOLUME ["/app/data", "/app/models"]
 
-# Inside a container the server must listen beyond loopback; publish the port deliberately,
-# and turn auth on (HATCHERY_AUTH__ENABLED, HATCHERY_AUTH__API_KEYS) anywhere it is reachable.
+# Inside a container the server must listen beyond loopback, so it refuses to start with auth
+# off: give HATCHERY_AUTH__ENABLED=true and HATCHERY_AUTH__API_KEYS='["<key>"]' (or, on a
+# private network only, HATCHERY_SERVER__ALLOW_INSECURE=true).
 # The fused decode kernel is compiled on first use; its cache lives in the data volume.
 ENV HATCHERY_SERVER__HOST=0.0.0.0 \
     HATCHERY_SERVER__PORT=8000 \
+    HATCHERY_MODEL__MODELS_DIR=/app/models \
     NUMBA_CACHE_DIR=/app/data/numba-cache
 EXPOSE 8000
 

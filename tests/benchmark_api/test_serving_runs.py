@@ -242,3 +242,14 @@ def test_serving_run_against_the_generator(
         assert level["output_tokens"] == 4 * 8
         for name in ("ttft_ms", "e2e_ms", "tpot_ms"):
             assert_percentiles(level[name], count=4)
+
+
+def test_a_serving_run_with_no_endpoint_anywhere_is_refused(client: httpx.Client) -> None:
+    """The benchmark server alone serves no /v1 and knows no generator: 422, no run."""
+    before = client.get("/api/benchmark/runs", params={"kind": "serving"}).json()["count"]
+    body = serving("", concurrency=[1], num_requests=1)
+    body.pop("base_url")
+    response = client.post("/api/benchmark/run", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "no_openai_endpoint"
+    assert client.get("/api/benchmark/runs", params={"kind": "serving"}).json()["count"] == before
