@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from core.errors import ConfigError
 from hatchery_cli.console import fail
-from unified_api.components import ALL, SERVE_TARGETS
+from unified_api.components import ALL, COMPONENTS, COMPONENTS_TARGET, SERVE_TARGETS
+
+TARGETS = (*SERVE_TARGETS, COMPONENTS_TARGET)
+DEFAULT_PORTS = ",".join(str(entry.default_port) for entry in COMPONENTS.values())
 
 
 def _known_target(target: str) -> str:
-    if target not in SERVE_TARGETS:
-        raise typer.BadParameter(f"{target!r} is not one of {', '.join(SERVE_TARGETS)}")
+    if target not in TARGETS:
+        raise typer.BadParameter(f"{target!r} is not one of {', '.join(TARGETS)}")
     return target
+
+
+def _ports(value: str | None) -> dict[str, int] | None:
+    if value is None:
+        return None
+    parts = value.split(",")
+    if len(parts) != len(COMPONENTS) or not all(part.strip().isdigit() for part in parts):
+        raise typer.BadParameter(f"give {len(COMPONENTS)} ports, e.g. {DEFAULT_PORTS}")
+    return dict(zip(COMPONENTS, (int(part) for part in parts), strict=True))
 
 
 def serve(
@@ -23,7 +35,8 @@ def serve(
         str,
         typer.Argument(
             callback=_known_target,
-            help=f"Everything on one port, or one component alone: {', '.join(SERVE_TARGETS)}.",
+            help=f"Everything on one port ({ALL}), one component alone, or {COMPONENTS_TARGET}: "
+            f"the three component servers wired to each other ({', '.join(TARGETS)}).",
         ),
     ] = ALL,
     config: Annotated[
@@ -47,12 +60,50 @@ def serve(
         float, typer.Option(min=0.1, help="Seconds to wait for a pong before closing.")
     ] = 20.0,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    generator_url: Annotated[
+        str | None, typer.Option(help="The generator server's root URL (services.generator_url).")
+    ] = None,
+    test_url: Annotated[
+        str | None, typer.Option(help="The test server's root URL (services.test_url).")
+    ] = None,
+    benchmark_url: Annotated[
+        str | None, typer.Option(help="The benchmark server's root URL (services.benchmark_url).")
+    ] = None,
+    ports: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{COMPONENTS_TARGET}: the {', '.join(COMPONENTS)} ports ({DEFAULT_PORTS})."
+        ),
+    ] = None,
 ) -> None:
     """Serve the API (uvicorn): settings = defaults < --config < HATCHERY_* env < flags."""
     # Imported here: the app plumbing imports the engine (torch), which the other commands,
     # and `hatchery --help`, should not wait for.
     from unified_api.serve import resolve_options, run
+    from unified_api.topology import plan_components, run_components
 
+    services = {"generator_url": generator_url, "test_url": test_url}
+    services["benchmark_url"] = benchmark_url
+    run_options: dict[str, Any] = {
+        "graceful_timeout_s": graceful_timeout,
+        "ws_ping_interval_s": ws_ping_interval,
+        "ws_ping_timeout_s": ws_ping_timeout,
+        "access_log": access_log,
+    }
+    if target == COMPONENTS_TARGET:
+        if port is not None or workers != 1:
+            fail(f"{COMPONENTS_TARGET}: give --ports {DEFAULT_PORTS}, not --port or --workers")
+        config_file = str(config) if config is not None else None
+        try:
+            servers = plan_components(
+                config_file, host=host, ports=_ports(ports), model=model, threads=threads,
+                services=services,
+            )  # fmt: skip
+        except ConfigError as exc:
+            fail(exc.message)
+        raise typer.Exit(run_components(servers, **run_options))
+    if ports is not None:
+        fail(f"--ports is for {COMPONENTS_TARGET}; use --port")
     try:
         options, settings = resolve_options(
             target,
@@ -62,15 +113,8 @@ def serve(
             model=model,
             threads=threads,
             workers=workers,
+            services=services,
         )
     except ConfigError as exc:
         fail(exc.message)
-    run(
-        options,
-        settings,
-        workers=workers,
-        graceful_timeout_s=graceful_timeout,
-        ws_ping_interval_s=ws_ping_interval,
-        ws_ping_timeout_s=ws_ping_timeout,
-        access_log=access_log,
-    )
+    run(options, settings, workers=workers, **run_options)

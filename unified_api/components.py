@@ -104,6 +104,8 @@ COMPONENTS: Mapping[str, Component] = {
 # What `hatchery serve TARGET` accepts: every component together, or one alone.
 ALL = "all"
 SERVE_TARGETS: tuple[str, ...] = (ALL, *COMPONENTS)
+# `hatchery serve components`: every component alone, wired to the others (unified_api.topology).
+COMPONENTS_TARGET = "components"
 
 
 def component(name: str) -> Component:

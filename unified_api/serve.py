@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,8 +37,9 @@ from unified_api.dashboard import dashboard_options
 
 logger = logging.getLogger(__name__)
 
-# Not HATCHERY_-prefixed, so the settings loader never reads it as a setting.
+# Not HATCHERY_-prefixed, so the settings loader never reads them as settings.
 SERVE_ENV = "_HATCHERY_SERVE"
+RUN_ENV = "_HATCHERY_SERVE_RUN"  # run()'s options, for a server started as a child process
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def resolve_options(
     model: str | None = None,
     threads: int | None = None,
     workers: int = 1,
-    services: dict[str, str | None] | None = None,
+    services: Mapping[str, str | None] | None = None,
 ) -> tuple[ServeOptions, Settings]:
     """The flags as setting overrides, validated; raises ``ConfigError``.
 
@@ -164,3 +166,14 @@ def run(
         logger.warning("rate limits are counted per worker: use a redis:// storage to share them")
     os.environ[SERVE_ENV] = options.to_env()
     uvicorn.run("unified_api.serve:app_from_environment", factory=True, workers=workers, **common)
+
+
+def main() -> None:
+    """A server started as a child process (``hatchery serve components``): what the
+    environment says, served until SIGTERM."""
+    options = ServeOptions.from_env()
+    run(options, options.settings(), **json.loads(os.environ.get(RUN_ENV, "{}")))
+
+
+if __name__ == "__main__":
+    main()

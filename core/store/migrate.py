@@ -36,6 +36,7 @@ def _columns(inspector: Inspector, table: str) -> set[str]:
 
 # Newest first: (revision, does an unversioned store already have its columns?)
 _LEGACY_REVISIONS: list[tuple[str, Callable[[Inspector], bool]]] = [
+    ("0003_outcome", lambda i: "outcome" in _columns(i, "run")),
     (
         "0002_attempts",
         lambda i: (
