@@ -267,9 +267,11 @@ class AsyncApiClient(BaseClient):
         model: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        outcome: TestOutcome | None = None,
     ) -> RunsPublic:
         """Runs of every component (unified server), newest first."""
         filters = {"component": component, "status": status, "kind": kind, "model": model}
+        filters["outcome"] = outcome
         return await self._send(self._list_call(None, **filters, limit=limit, offset=offset))
 
     async def health(self) -> Health:

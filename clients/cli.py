@@ -268,6 +268,9 @@ def runs_list(
     status: Annotated[str | None, typer.Option(help="queued, running, succeeded…")] = None,
     kind: Annotated[str | None, typer.Option(help="Run kind.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name.")] = None,
+    outcome: Annotated[
+        str | None, typer.Option(help="passed or failed: finished test runs by their outcome.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     offset: Annotated[int, typer.Option(min=0)] = 0,
     url: Url = DEFAULT_URL,
@@ -276,7 +279,9 @@ def runs_list(
 ) -> None:
     """List runs, newest first."""
     with _client(url, api_key) as client:
-        page = client.list_runs(component, status, kind, model, limit, offset)
+        page = client.list_runs(
+            component, status, kind, model, limit, offset, outcome  # type: ignore[arg-type]
+        )
     if as_json:
         _print_json(page.model_dump(mode="json"))
     else:

@@ -1,13 +1,18 @@
-"""The workflow Hatchery exists for: create a model, test it, benchmark it.
+"""The workflow Hatchery exists for: create a model, test it, and if it passes, benchmark it.
 
-    python examples/end_to_end.py --base-url http://127.0.0.1:8000
+    python examples/end_to_end.py --base-url http://127.0.0.1:8000            # one server
+    python examples/end_to_end.py --generator-url http://127.0.0.1:8001 \
+        --test-url http://127.0.0.1:8002 --benchmark-url http://127.0.0.1:8003 # three servers
     python examples/end_to_end.py --template bdh-tiny --steps 500 --text-file my_corpus.txt
 
-1. a generator ``model`` run creates a small model from a template and trains it on a text;
-2. the Test component runs the ``smoke`` and ``consistency`` suites on it (at the same time);
-3. the Benchmark component sweeps the engine (recurrent vs recompute decoding);
-4. a summary table says how it all went. The exit status is 0 when every run succeeded and
-   no test case failed.
+1. the generator's ``model`` run creates a small model from a template, trained on a text;
+2. the test server runs the ``smoke`` and ``consistency`` suites on it (at the same time);
+3. only if both end with ``outcome == "passed"``, the benchmark server loads the generator's
+   OpenAI endpoint with the model (a ``serving`` run) and the model's latency and throughput
+   are printed. The exit status is 0 when every run succeeded and every test passed.
+
+Each URL defaults to ``--base-url``; split servers find each other through ``services.*``
+(``hatchery serve components`` wires them), so nothing else needs saying here.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ def ints(value: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+    for component in ("generator", "test", "benchmark"):
+        parser.add_argument(f"--{component}-url", help="Default: --base-url.")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--name", default=None, help="Name of the new model (default: random).")
     parser.add_argument("--template", default="bdh-nano")
@@ -49,11 +56,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--lengths", type=ints, default=[1, 16, 64], help="Consistency lengths.")
-    parser.add_argument("--contexts", type=ints, default=[64, 256], help="Benchmark contexts.")
+    parser.add_argument("--concurrency", type=ints, default=[1, 4], help="Serving levels.")
+    parser.add_argument("--requests", type=int, default=16, help="Requests per serving level.")
+    parser.add_argument("--prompt-bytes", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=1800.0, help="Per stage, in seconds.")
     parser.add_argument("--poll-interval", type=float, default=0.5, help="Seconds between polls.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for component in ("generator", "test", "benchmark"):
+        key = f"{component}_url"
+        setattr(args, key, getattr(args, key) or args.base_url)
+    return args
 
 
 def create_model(client: ApiClient, args: argparse.Namespace, name: str) -> RunResults:
@@ -83,22 +96,19 @@ def test_model(client: ApiClient, args: argparse.Namespace, name: str) -> dict[s
 
 
 def benchmark_model(client: ApiClient, args: argparse.Namespace, name: str) -> RunResults:
-    console.rule(f"3. benchmarking {name}: recurrent vs recompute decoding")
+    console.rule(f"3. benchmarking {name}: serving load at concurrency {args.concurrency}")
     run = client.run_benchmark(
-        "engine",
-        model=name,
-        batch_sizes=[1],
-        context_lengths=args.contexts,
-        new_tokens=[args.new_tokens],
-        modes=["recurrent", "recompute"],
-        repeats=1,
-        warmup=0,
-        bandwidth_mb=16,
+        "serving",
+        model=name,  # against the generator's /v1 (the benchmark server's default target)
+        concurrency=args.concurrency,
+        num_requests=args.requests,
+        prompt_bytes=args.prompt_bytes,
+        max_tokens=args.new_tokens,
     )
     return client.monitor_benchmark(run.id, args.poll_interval, args.timeout)
 
 
-def summary(created: RunResults, tests: dict[str, RunResults], bench: RunResults) -> Table:
+def summary(created: RunResults, tests: dict[str, RunResults], bench: RunResults | None) -> Table:
     table = Table(title="end to end")
     table.add_column("stage")
     table.add_column("status")
@@ -114,38 +124,50 @@ def summary(created: RunResults, tests: dict[str, RunResults], bench: RunResults
     for suite, results in tests.items():
         report = results.result_dict() or {}
         counts = ", ".join(f"{report.get(k, 0)} {k}" for k in ("passed", "failed", "errored"))
-        table.add_row(f"test {suite}", results.run.status.value, counts)
-    rows = (bench.result_dict() or {}).get("rows", [])
-    for row in rows:
-        decode = (row.get("decode_tokens_per_s") or {}).get("median")
-        figure = f"{decode:,.1f} decode tok/s" if decode else row.get("status", "-")
-        table.add_row(f"bench {row['mode']} ctx={row['context']}", bench.run.status.value, figure)
+        table.add_row(f"test {suite}", f"{results.run.status.value}, {results.outcome}", counts)
+    if bench is None:
+        table.add_row("benchmark", "skipped", "a test did not pass")
+        return table
+    for level in (bench.result_dict() or {}).get("levels", []):
+        table.add_row(
+            f"serve c={level['concurrency']}",
+            bench.run.status.value,
+            f"latency: TTFT p50 {_ms(level['ttft_ms'])}, E2E p50 {_ms(level['e2e_ms'])}; "
+            f"throughput: {level['output_tokens_per_s']:,.1f} tok/s, "
+            f"{level['request_throughput']:,.2f} req/s",
+        )
     return table
 
 
-def all_good(created: RunResults, tests: dict[str, RunResults], bench: RunResults) -> bool:
-    reports = [results.result_dict() or {} for results in tests.values()]
-    cases_ok = all(not r.get("failed") and not r.get("errored") for r in reports)
-    runs = [created, bench, *tests.values()]
-    return cases_ok and all(results.succeeded for results in runs)
+def _ms(stats: dict[str, float | None]) -> str:
+    p50 = stats.get("p50")
+    return f"{p50:,.1f} ms" if p50 is not None else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     name = args.name or f"e2e-{uuid.uuid4().hex[:8]}"
+    console.print(
+        f"generator {args.generator_url}, test {args.test_url}, benchmark {args.benchmark_url}"
+    )
+    bench: RunResults | None = None
     try:
-        with ApiClient(args.base_url, api_key=args.api_key, timeout=120) as client:
-            created = create_model(client, args, name)
-            if not created.succeeded:
-                console.print(f"[red]model creation failed:[/red] {created.run.error}")
-                return 1
-            tests = test_model(client, args, name)
-            bench = benchmark_model(client, args, name)
+        with ApiClient(args.generator_url, api_key=args.api_key, timeout=120) as generator:
+            created = create_model(generator, args, name)
+        if not created.succeeded:
+            console.print(f"[red]model creation failed:[/red] {created.run.error}")
+            return 1
+        with ApiClient(args.test_url, api_key=args.api_key, timeout=120) as tester:
+            tests = test_model(tester, args, name)
+        passed = all(results.outcome == "passed" for results in tests.values())
+        if passed:
+            with ApiClient(args.benchmark_url, api_key=args.api_key, timeout=120) as benchmarker:
+                bench = benchmark_model(benchmarker, args, name)
     except HatcheryError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     console.print(summary(created, tests, bench))
-    ok = all_good(created, tests, bench)
+    ok = passed and bench is not None and bench.succeeded
     console.print(f"model [bold]{name}[/bold]: " + ("[green]all good" if ok else "[red]problems"))
     return 0 if ok else 1
 

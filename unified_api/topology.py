@@ -14,6 +14,8 @@ status is returned.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -35,6 +37,7 @@ from unified_api.serve import RUN_ENV, SERVE_ENV, ServeOptions, resolve_options
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,18 @@ def _spawn(server: ComponentServer, run_options: Mapping[str, Any]) -> subproces
     env = dict(os.environ)
     env[SERVE_ENV] = server.options.to_env()
     env[RUN_ENV] = json.dumps(dict(run_options))
-    return subprocess.Popen([sys.executable, "-m", "unified_api.serve"], env=env)
+    command = [sys.executable, "-m", "unified_api.serve"]
+    return subprocess.Popen(command, env=env, preexec_fn=_stop_with_parent)
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the supervisor dies, even by SIGKILL,
+    so no server outlives it holding its port."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: Ctrl-C / SIGTERM still stop them
+        pass
 
 
 def _stop_all(children: Mapping[str, subprocess.Popen[bytes]], timeout_s: float) -> None:

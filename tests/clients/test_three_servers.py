@@ -17,7 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients.topology import Topology, run_to_end, three_servers
+from clients import ApiClient
+from tests.clients.test_examples import SMALL_E2E, check_end_to_end, run_example
+from tests.clients.topology import COMPONENTS, Topology, run_to_end, three_servers
 
 KEY = "three-servers-key"
 NANO = "bdh-nano"
@@ -193,3 +195,42 @@ def test_runs_are_validated_at_the_door(topology: Topology) -> None:
         alone = tester.post("/api/test/run", json={"kind": "endpoint"})
         assert alone.status_code == 202
         tester.post(f"/api/test/cancel/{alone.json()['id']}")
+
+
+def test_the_end_to_end_example_against_three_servers(topology: Topology) -> None:
+    name = f"e2e3-{time.monotonic_ns() % 10**9}"
+    urls = [f"--{c}-url" for c in ("generator", "test", "benchmark")]
+    args = [part for pair in zip(urls, map(topology.url, COMPONENTS), strict=True) for part in pair]
+    if topology.api_key:
+        args += ["--api-key", topology.api_key]
+    done = run_example("end_to_end.py", *args, "--name", name, *SMALL_E2E)
+    print(done.stdout)  # the note shows it (pytest -s)
+    with ApiClient(topology.url("test"), api_key=topology.api_key, typed_results=False) as client:
+        check_end_to_end(done, name, client)
+    assert f"generator {topology.url('generator')}" in done.stdout
+
+
+def test_the_cli_shows_a_failing_test_run(topology: Topology) -> None:
+    from typer.testing import CliRunner
+
+    from hatchery_cli import app
+
+    common = ["--url", topology.url("test")]
+    if topology.api_key:
+        common += ["--api-key", topology.api_key]
+    cases = json.dumps(FAILING_PROMPTS["cases"])
+    args = ["test", "run", "prompts", "--model", NANO, "-o", f"cases={cases}", "--json"]
+    ran = CliRunner().invoke(app, [*args, "--poll-interval", "0.1", *common])
+    assert ran.exit_code == 1, ran.output  # the suite ran, a case failed: not a success
+    finished = json.loads(ran.stdout)
+    assert finished["run"]["outcome"] == "failed" == finished["result"]["outcome"]
+    run_id = finished["run"]["id"]
+    status = CliRunner().invoke(app, ["test", "status", run_id, *common])
+    assert status.exit_code == 0 and "outcome" in status.stdout and "failed" in status.stdout
+    listed = CliRunner().invoke(
+        app, ["runs", "list", "--component", "test", "--outcome", "failed", "--json", *common]
+    )
+    assert listed.exit_code == 0, listed.output
+    assert run_id in {run["id"] for run in json.loads(listed.stdout)["data"]}
+    table = CliRunner().invoke(app, ["runs", "list", "--outcome", "failed", *common])
+    assert table.exit_code == 0 and "outcome" in table.stdout, table.output
