@@ -5,8 +5,7 @@
         async for event in client.monitor_test_ws(run.id):
             print(event.type, event.data)
 
-Method for method the twin of ``clients.sync.ApiClient``; everything but the I/O is in
-``clients._base``.
+Method for method the twin of ``clients.sync.ApiClient``; all but the I/O is in ``clients._base``.
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ from clients.models import (
     RunsPublic,
     RunStatus,
     SuiteInfo,
-    TestOutcome,
     Tokenized,
 )
 
@@ -122,9 +120,8 @@ class AsyncApiClient(BaseClient):
         model: str | None = None,
         limit: int = 50,
         offset: int = 0,
-        outcome: TestOutcome | None = None,
+        outcome: Literal["passed", "failed"] | None = None,
     ) -> RunsPublic:
-        """Test runs, newest first; ``outcome`` keeps finished runs that passed (or failed)."""
         filters = {"status": status, "kind": kind, "model": model, "outcome": outcome}
         return await self._send(self._list_call(TEST, **filters, limit=limit, offset=offset))
 
@@ -267,11 +264,10 @@ class AsyncApiClient(BaseClient):
         model: str | None = None,
         limit: int = 50,
         offset: int = 0,
-        outcome: TestOutcome | None = None,
+        outcome: Literal["passed", "failed"] | None = None,
     ) -> RunsPublic:
         """Runs of every component (unified server), newest first."""
-        filters = {"component": component, "status": status, "kind": kind, "model": model}
-        filters["outcome"] = outcome
+        filters = dict(component=component, status=status, kind=kind, model=model, outcome=outcome)
         return await self._send(self._list_call(None, **filters, limit=limit, offset=offset))
 
     async def health(self) -> Health:

@@ -280,7 +280,13 @@ def runs_list(
     """List runs, newest first."""
     with _client(url, api_key) as client:
         page = client.list_runs(
-            component, status, kind, model, limit, offset, outcome  # type: ignore[arg-type]
+            component,
+            status,
+            kind,
+            model,
+            limit,
+            offset,
+            outcome,  # type: ignore[arg-type]
         )
     if as_json:
         _print_json(page.model_dump(mode="json"))

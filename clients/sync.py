@@ -52,7 +52,6 @@ from clients.models import (
     RunsPublic,
     RunStatus,
     SuiteInfo,
-    TestOutcome,
     Tokenized,
 )
 
@@ -107,9 +106,8 @@ class ApiClient(BaseClient):
         model: str | None = None,
         limit: int = 50,
         offset: int = 0,
-        outcome: TestOutcome | None = None,
+        outcome: Literal["passed", "failed"] | None = None,
     ) -> RunsPublic:
-        """Test runs, newest first; ``outcome`` keeps finished runs that passed (or failed)."""
         filters = {"status": status, "kind": kind, "model": model, "outcome": outcome}
         return self._send(self._list_call(TEST, **filters, limit=limit, offset=offset))
 
@@ -252,11 +250,10 @@ class ApiClient(BaseClient):
         model: str | None = None,
         limit: int = 50,
         offset: int = 0,
-        outcome: TestOutcome | None = None,
+        outcome: Literal["passed", "failed"] | None = None,
     ) -> RunsPublic:
         """Runs of every component (unified server), newest first."""
-        filters = {"component": component, "status": status, "kind": kind, "model": model}
-        filters["outcome"] = outcome
+        filters = dict(component=component, status=status, kind=kind, model=model, outcome=outcome)
         return self._send(self._list_call(None, **filters, limit=limit, offset=offset))
 
     def health(self) -> Health:
