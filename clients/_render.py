@@ -139,12 +139,15 @@ def event_line(event: RunEventPublic) -> str | None:
     if event.type == "metric":
         unit = data.get("unit") or ""
         return f"[dim]{escape(str(data.get('name')))} = {number(data.get('value'))} {unit}"
+    if event.type == "status" and data.get("outcome"):  # a test run's verdict, as it ends
+        return f"outcome {styled(str(data['outcome']))}"
     return None
 
 
 def print_results(console: Console, results: RunResults) -> None:
     run = results.run
-    console.print(f"run {run.id} ({run.component} {run.kind}): {styled(run.status.value)}")
+    verdict = f", outcome {styled(run.outcome)}" if run.outcome else ""
+    console.print(f"run {run.id} ({run.component} {run.kind}): {styled(run.status.value)}{verdict}")
     if run.error is not None:
         console.print(f"[red]{escape(run.error.code)}[/red]: {escape(run.error.message)}")
     result = results.result_dict()

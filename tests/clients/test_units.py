@@ -286,3 +286,9 @@ def test_wide_result_tables_continue_below_at_80_columns() -> None:
     for header in ("batch", "prefill/s", "TTFT", "decode/s", "roof"):
         assert header in text
     assert text.count("recurrent") == 2  # the lead column starts the continuation table
+
+
+def test_a_test_runs_last_status_event_shows_its_outcome() -> None:
+    ended = event_line(_event(9, "status", {"status": "succeeded", "outcome": "failed"}))
+    assert ended is not None and "outcome" in ended and "failed" in ended
+    assert event_line(_event(9, "status", {"status": "succeeded"})) is None  # not a test run
