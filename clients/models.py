@@ -57,10 +57,8 @@ class RunResults(BaseModel):
 
     @property
     def passed(self) -> bool:
-        """The run finished and, for a test run, every case passed (or was skipped)."""
-        if self.run.component == "test":
-            return self.succeeded and self.outcome == "passed"
-        return self.succeeded
+        """The run succeeded and, if it carries a test outcome, that outcome is ``passed``."""
+        return self.succeeded and self.outcome != "failed"
 
     def result_dict(self) -> dict[str, Any] | None:
         """The result as plain JSON data, whatever it was parsed into."""

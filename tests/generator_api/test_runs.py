@@ -178,9 +178,12 @@ def test_model_run_trains_registers_and_serves_the_model(http: httpx.Client) -> 
     first = greedy(http, "fox")
     assert first["usage"]["completion_tokens"] == 16
 
-    # The name is taken: without overwrite the run fails; with it the new weights are served.
-    refused = create_model(http)
-    assert refused["status"] == "failed" and refused["error"]["code"] == "model_exists"
+    # The name is taken: without overwrite it is refused at the door (409, no run); with it
+    # the new weights are served.
+    before = http.get("/api/generator/runs", params={"kind": "model"}).json()["count"]
+    refused = http.post("/api/generator/model", json={"name": "fox", "steps": 0})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_exists"
+    assert http.get("/api/generator/runs", params={"kind": "model"}).json()["count"] == before
     again = create_model(http, overwrite=True, seed=99, steps=0, text=None)
     assert again["status"] == "succeeded"
     assert http.get(f"/api/generator/results/{again['id']}").json()["result"]["metrics"] is None
@@ -215,8 +218,12 @@ def test_model_run_validation(http: httpx.Client) -> None:
             assert response.json()["error"]["param"] == param
     short = create_model(http, name="short", text="too short", block_size=64)
     assert short["status"] == "failed" and short["error"]["code"] == "invalid_training"
-    unknown = create_model(http, name="nocorpus", text=None, corpus="no-such-file.txt")
-    assert unknown["status"] == "failed" and unknown["error"]["code"] == "corpus_unavailable"
+    # A missing corpus file is refused at the door, not accepted to fail later.
+    body = {"name": "nocorpus", "corpus": "no-such-file.txt", "steps": 2}
+    unknown = http.post("/api/generator/run", json={"kind": "model", **body})
+    assert unknown.status_code == 422, unknown.text
+    assert unknown.json()["error"]["code"] == "corpus_unavailable"
+    assert unknown.json()["error"]["param"] == "corpus"
 
 
 def test_model_templates_route(http: httpx.Client) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from core.errors import ConfigError
 from core.store.db import Store
 from tests.support.poll import poll_until
 from tests.support.server import LiveServer, free_port
@@ -170,14 +172,21 @@ def test_binding_beyond_loopback_without_auth_refuses_to_start(
 ) -> None:
     # The live server binds loopback whatever the settings say; the check reads the settings.
     exposed = nano_settings(tmp_path, models_dir, **{"server.host": "0.0.0.0", "model.preload": []})
-    refused = LiveServer(create_app(exposed))
-    try:
-        with pytest.raises(RuntimeError, match="did not start"):
-            refused.start()
-    finally:
-        refused.stop()
+    refused = create_app(exposed)
+
+    async def start_up() -> None:
+        async with refused.router.lifespan_context(refused):
+            pass
+
+    with pytest.raises(ConfigError, match=r"server\.allow_insecure"):
+        asyncio.run(start_up())  # the app's own start-up, as uvicorn runs it
     assert any("server.allow_insecure" in r.getMessage() for r in caplog.records)
     caplog.clear()
+    # `hatchery serve` says so before it builds anything, and exits 2.
+    command = [sys.executable, "-m", "hatchery_cli", "serve", "test", "--host", "0.0.0.0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HATCHERY_")}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "server.allow_insecure" in done.stdout + done.stderr
     insecure = nano_settings(
         tmp_path,
         models_dir,
