@@ -29,6 +29,7 @@ from core.engine.registry import (
     ModelNotFoundError,
     ModelRegistry,
 )
+from core.engine_protocol import ModelEngine
 from core.errors import ErrorResponse, InvalidRequest, NotFound
 
 from .routes import COMPONENT
@@ -90,11 +91,8 @@ def _public(info: ModelInfo) -> ModelPublic:
     )
 
 
-def _registry(settings: Settings, engine: Any) -> ModelRegistry:
-    registry = getattr(engine, "registry", None)
-    if isinstance(registry, ModelRegistry):
-        return registry
-    return ModelRegistry(settings.model.models_dir, device="cpu")
+def _registry(settings: Settings, engine: ModelEngine | None) -> ModelRegistry:
+    return ModelRegistry.from_settings(settings) if engine is None else engine.registry
 
 
 def _manifest(registry: ModelRegistry, name: str) -> ModelManifest:
