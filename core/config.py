@@ -7,7 +7,6 @@ unknown keys are refused so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -27,8 +26,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from sqlalchemy.engine import make_url
 
+from core.deployment import check_ray_setup
 from core.errors import ConfigError
 
 _FORBID = ConfigDict(extra="forbid")
@@ -334,7 +333,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _executor_can_run(self) -> Settings:
         if self.executor.kind == "ray":
-            _check_ray_setup(self)
+            check_ray_setup(self.store.url, self.executor.ray_address)
         return self
 
     @classmethod
@@ -348,64 +347,6 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Highest priority first: CLI (init kwargs) > environment > YAML > defaults.
         return init_settings, env_settings, _YamlLayer(settings_cls)
-
-
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def check_exposure(settings: Settings) -> None:
-    """Refuse to serve beyond loopback with auth off, unless ``server.allow_insecure``.
-
-    Checked when a server starts, not when settings load: clients and tools that only read
-    the settings may run with any ``server.host``.
-    """
-    server = settings.server
-    if server.host.strip("[]") in _LOOPBACK_HOSTS or settings.auth.enabled:
-        return
-    if server.allow_insecure:
-        return
-    raise ConfigError(
-        f"server.host {server.host!r} is reachable beyond this machine but auth.enabled is "
-        "false: turn auth on (auth.api_keys), bind 127.0.0.1, or set "
-        "server.allow_insecure: true"
-    )
-
-
-def _check_ray_setup(settings: Settings) -> None:
-    """Ray must be importable, and its workers must be able to reach the store.
-
-    SQLite is a file: only processes on this machine can open it. So Ray with SQLite is
-    allowed where every Ray worker runs on this machine: a Ray instance this process starts
-    (``ray_address: null``) or a cluster addressed on loopback. Anything else needs a store
-    server (PostgreSQL).
-    """
-    try:
-        importlib.import_module("ray")
-    except ImportError as exc:
-        raise ValueError(
-            f"executor.kind is 'ray' but Ray cannot be imported ({exc}); "
-            "install it (pip install 'hatchery[ray]') or use executor.kind: local"
-        ) from None
-    url = make_url(settings.store.url)
-    if url.get_backend_name() != "sqlite":
-        return
-    database = url.database or ""
-    if database in ("", ":memory:") or url.query.get("mode") == "memory":
-        raise ValueError("executor.kind 'ray' needs a store its workers can open, not in-memory")
-    address = settings.executor.ray_address
-    if address is not None and _address_host(address) not in _LOOPBACK_HOSTS:
-        raise ValueError(
-            f"store.url is SQLite, which Ray workers on other machines cannot reach "
-            f"(executor.ray_address {address!r}); use PostgreSQL, or a local Ray "
-            "(ray_address null or 127.0.0.1:PORT)"
-        )
-
-
-def _address_host(address: str) -> str:
-    """'ray://h:10001' or 'h:6379' -> 'h'; 'auto' (some cluster, maybe many machines) stays."""
-    rest = address.split("://", 1)[-1]
-    host, _, _ = rest.rpartition(":") if ":" in rest else (rest, "", "")
-    return host.strip("[]") or rest
 
 
 def load_settings(config_file: str | Path | None = None, **cli_overrides: Any) -> Settings:

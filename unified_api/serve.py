@@ -30,7 +30,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from core.api.middleware import configure_logging
-from core.config import Settings, check_exposure, load_settings
+from core.config import Settings, load_settings
+from core.deployment import check_exposure
 from unified_api.app import create_app as create_unified_app
 from unified_api.components import ALL, SERVE_TARGETS, component
 from unified_api.dashboard import dashboard_options
@@ -92,7 +93,7 @@ def resolve_options(
 
     ``--model NAME`` makes NAME the default model and the one model preloaded. ``services``:
     ``{"generator_url": ...}`` from ``--generator-url`` and its siblings. A server that would
-    bind beyond loopback with auth off is refused here (``core.config.check_exposure``).
+    bind beyond loopback with auth off is refused here (``core.deployment.check_exposure``).
     """
     if target not in SERVE_TARGETS:
         raise ValueError(f"unknown target {target!r}: choose one of {', '.join(SERVE_TARGETS)}")

@@ -47,7 +47,8 @@ from core.api.ratelimit import AuthFailureLimiter, RateLimiter, RateLimitMiddlew
 from core.api.security import AuthMiddleware, KeyRing
 from core.api.submission import SubmissionContextMiddleware
 from core.api.system import build_system_router
-from core.config import Settings, check_exposure
+from core.config import Settings
+from core.deployment import check_exposure
 from core.engine_protocol import EngineFactory, ModelEngine
 from core.errors import ConfigError
 from core.runs.context import JobFn

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings, check_exposure, load_settings
+from core.config import Settings, load_settings
+from core.deployment import check_exposure
 from core.errors import ConfigError
 
 

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from core.api.outbound import allowed_hosts
-from core.config import Settings, check_exposure, load_settings
+from core.config import Settings, load_settings
+from core.deployment import check_exposure
 from unified_api.components import ALL, COMPONENTS, SERVE_TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
