@@ -23,6 +23,7 @@ from benchmark_api.compare import RunResult, compare
 from benchmark_api.results import RESULT_MODELS, CompareResponse, EngineResult, ServingResult
 from benchmark_api.tables import to_csv
 from core.api.deps import RunServiceDep
+from core.api.params import NO_NUL
 from core.api.security import PrincipalDep
 from core.errors import ErrorResponse, InvalidRequest, NotFound
 from core.runs.router import make_valid_run
@@ -150,7 +151,10 @@ def build_views_router() -> APIRouter:
     async def compare_runs(
         service: RunServiceDep,
         principal: PrincipalDep,
-        ids: Annotated[str, Query(max_length=1000, description="Run ids, comma-separated.")],
+        ids: Annotated[
+            str,
+            Query(max_length=1000, pattern=NO_NUL, description="Run ids, comma-separated."),
+        ],
     ) -> CompareResponse:
         load = functools.partial(_load_for_compare, service, _parse_ids(ids), principal.visible_to)
         return compare(await to_thread.run_sync(load))

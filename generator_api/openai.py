@@ -133,7 +133,14 @@ def build_openai_router() -> APIRouter:
         return Response(status_code=200)
 
     # One route per method: an operation id must be unique.
-    router.add_api_route("/ping", ping, methods=["GET"], operation_id="ping")
-    router.add_api_route("/ping", ping, methods=["POST"], operation_id="ping_post")
+    for method, operation_id in (("GET", "ping"), ("POST", "ping_post")):
+        router.add_api_route(
+            "/ping",
+            ping,
+            methods=[method],
+            operation_id=operation_id,
+            response_class=Response,
+            responses={200: {"description": "Alive (an empty body)", "content": {}}},
+        )
 
     return router

@@ -8,6 +8,7 @@ instead: CI must not go green by skipping. Each PostgreSQL test gets its own sch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -53,9 +54,10 @@ def sqlite_url(tmp_path: Any) -> str:
     return f"sqlite:///{tmp_path / 'hatchery.db'}"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    base = postgres_base_url()
+@contextlib.contextmanager
+def postgres_schema(base: str | None = None) -> Iterator[str]:
+    """A store URL on a fresh PostgreSQL schema (``search_path``), dropped afterwards."""
+    base = base or postgres_base_url()
     schema = f"test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base, poolclass=NullPool)
     try:
@@ -71,6 +73,12 @@ def pg_url() -> Iterator[str]:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -16,12 +16,12 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
 from core.api.deps import RunServiceDep
-from core.api.params import Limit, Offset
+from core.api.params import Limit, Name, Offset, RunId
 from core.api.security import Principal, PrincipalDep
 from core.api.submission import current_submission
 from core.errors import ErrorResponse, InvalidRequest
@@ -74,7 +74,7 @@ def make_valid_run(component: str | None) -> Any:
     """
 
     async def valid_run(
-        run_id: Annotated[str, Path(max_length=64)],
+        run_id: RunId,
         service: RunServiceDep,
         principal: PrincipalDep,
     ) -> Run:
@@ -203,8 +203,8 @@ class RunFilters:
     def __init__(
         self,
         status: RunStatus | None = None,
-        kind: Annotated[str | None, Query(max_length=64)] = None,
-        model: Annotated[str | None, Query(max_length=255)] = None,
+        kind: Name = None,
+        model: Name = None,
         limit: Limit = 50,
         offset: Offset = 0,
         outcome: Annotated[
@@ -251,7 +251,7 @@ def build_all_runs_router() -> APIRouter:
         service: RunServiceDep,
         principal: PrincipalDep,
         filters: RunFiltersDep,
-        component: Annotated[str | None, Query(max_length=64)] = None,
+        component: Name = None,
     ) -> RunsPublic:
         if component is not None:
             served = (spec.name for spec in getattr(request.app.state, "components", ()))
