@@ -146,6 +146,14 @@ class NotReady(PlatformError):
     default_code = "not_ready"
 
 
+class StoreUnavailable(_RetryLater):
+    """The store did not answer (connection refused, dropped or timed out): retry soon."""
+
+    status_code = 503
+    error_type = "overloaded_error"
+    default_code = "store_unavailable"
+
+
 class FeatureUnavailable(PlatformError, NotImplementedError):
     status_code = 501
     default_code = "not_available"

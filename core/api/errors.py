@@ -16,11 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from core.api.request_model import INVALID_UTF8
-from core.errors import PlatformError, error_body
+from core.errors import PlatformError, StoreUnavailable, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,20 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+# A store that cannot be reached (connection refused or dropped, pool exhausted) is a passing
+# condition, not a bug: 503 with Retry-After, one log line without a traceback.
+STORE_DOWN = (OperationalError, InterfaceError, SQLAlchemyTimeoutError)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning(
+        "store unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__
+    )
+    return platform_error_response(
+        StoreUnavailable("the run store is unreachable; retry shortly", retry_after=1)
+    )
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return internal_error_response()
@@ -124,4 +140,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PlatformError, _platform_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    for store_error in STORE_DOWN:
+        app.add_exception_handler(store_error, _store_unavailable)
     app.add_exception_handler(Exception, _internal_error)

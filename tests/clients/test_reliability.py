@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from clients import RateLimited, RequestTimeout, RetryPolicy, ServerError, TransportError
 from core.store.models import Run, RunPublic
 from tests.clients.conftest import submit
-from tests.clients.proxy import TcpProxy
 from tests.support.server import LiveServer, free_port
+from tests.support.tcp_proxy import TcpProxy
 
 FAST = RetryPolicy(max_attempts=4, backoff_base_s=0.01, backoff_max_s=0.05)
 

@@ -1,7 +1,9 @@
-"""A TCP proxy in front of a real server that breaks connections on demand.
+"""A TCP proxy in front of a real server (or database) that breaks connections on demand.
 
 It forwards bytes unchanged in both directions. ``drop_all()`` cuts every live connection
-without a close frame or response (a network failure, as the client sees it);
+without a close frame or response (a network failure, as the client sees it); ``cut()``
+does that and keeps refusing new connections (closed as soon as accepted) until
+``restore()``: an outage of whatever stands behind the proxy;
 ``swallow_next_post()`` lets the next POST reach the server but throws its answer away and
 cuts the connection — the server did the work, the client never heard back.
 """
@@ -39,6 +41,7 @@ class TcpProxy:
         self._pairs: list[_Pair] = []
         self._lock = threading.Lock()
         self._swallow_next = threading.Event()
+        self._down = threading.Event()
         self.connections = 0
         self.swallowed = 0
         self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
@@ -65,6 +68,13 @@ class TcpProxy:
         for pair in pairs:
             pair.close()
 
+    def cut(self) -> None:
+        self._down.set()
+        self.drop_all()
+
+    def restore(self) -> None:
+        self._down.clear()
+
     def swallow_next_post(self) -> None:
         self._swallow_next.set()
 
@@ -74,6 +84,9 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return  # listener closed
+            if self._down.is_set():
+                client.close()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             pair = _Pair(client, upstream)
             with self._lock:
