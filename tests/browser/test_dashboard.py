@@ -12,7 +12,6 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import api_client
 from tests.browser.helpers import PLOT_LOADED, finished, start, succeeded_benchmark
-from tests.support.poll import poll_until
 from tests.support.server import LiveServer
 
 expect.set_options(timeout=120_000)
@@ -198,8 +197,6 @@ def test_a_text_run_shows_its_completions(unified: LiveServer, page: Any) -> Non
 def test_the_runs_page_follows_an_active_run_live_and_cancels_it(
     unified: LiveServer, page: Any
 ) -> None:
-    sockets: list[str] = []
-    page.on("websocket", lambda socket: sockets.append(socket.url))
     text = "Now is the winter of our discontent made glorious summer. " * 40
     with api_client(unified) as client:
         run_id = start(
@@ -207,18 +204,12 @@ def test_the_runs_page_follows_an_active_run_live_and_cancels_it(
             "generator",
             {"kind": "model", "name": "never-finished", "text": text, "steps": 5000},
         )
-    page.goto(f"{unified.url}/ui/#/runs")
+    # The page follows the active run over the run's own WebSocket.
+    with page.expect_websocket(lambda socket: f"/ws/{run_id}" in socket.url):
+        page.goto(f"{unified.url}/ui/#/runs")
     row = page.locator(f"tr[data-run='{run_id}']")
     # Training progress ("step N/5000: loss ...") arrives as the run's own events.
     expect(row.locator("td.message")).to_contain_text("/5000: loss")
-    # The list may already show that message before the page opens the run's socket: wait
-    # for the socket itself (Playwright delivers its events while the page waits).
-    poll_until(
-        lambda: page.wait_for_timeout(50) or list(sockets),
-        lambda urls: any(f"/ws/{run_id}" in url for url in urls),
-        timeout=30,
-        what=f"the runs page to follow run {run_id} over its WebSocket",
-    )
     row.get_by_role("button", name="Cancel").click()
     expect(row.locator(".badge.cancelled")).to_be_visible()
     expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
