@@ -78,11 +78,7 @@ def _public(info: ModelInfo) -> ModelPublic:
         template=metadata.get("template"),
         parameters=config.parameter_count(),
         size_bytes=info.size_bytes,
-        state_bytes_per_sequence=4
-        * config.n_layer
-        * config.n_head
-        * config.neurons_per_head
-        * config.n_embd,
+        state_bytes_per_sequence=4 * config.state_numel(),
         loaded=info.loaded,
         created_at=metadata.get("created_at"),
         evaluation=metadata.get("evaluation"),

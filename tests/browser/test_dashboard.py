@@ -83,6 +83,11 @@ def test_a_test_report_filters_its_failed_cases(
     expect(rows).to_have_count(1)
     expect(rows.first).to_have_class(re.compile("case-failed"))
     expect(rows.first).to_contain_text("impossible")
+    # The case's details are a definition list of what was checked, as text, not markup.
+    details = rows.first.locator("dl.details")
+    expect(details.locator("dt").first).to_be_visible()
+    expect(details).to_contain_text("never this text")
+    expect(rows.first).not_to_contain_text("[object")
     shoot("run-test-report")
 
 
@@ -131,7 +136,10 @@ def test_a_model_created_from_the_form_trains_with_a_live_curve(
     unified: LiveServer, page: Any, shoot: Shoot
 ) -> None:
     page.goto(f"{unified.url}/ui/#/models")
-    expect(page.locator("table.grid").first).to_contain_text("bdh-nano")
+    registry = page.locator("table.grid").first
+    expect(registry).to_contain_text("bdh-nano")
+    expect(registry).to_contain_text("64.0 KB")  # state per sequence: 2 layers, 2 heads, 128 x 32
+    expect(registry).not_to_contain_text("[object")
     form = page.locator("form.request")
     form.locator(".field[data-field=name] input").fill("browser-trained")
     form.locator(".field[data-field=template] input").fill("bdh-nano")

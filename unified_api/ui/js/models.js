@@ -109,10 +109,10 @@ export function mount(root, ctx, params) {
           [
             { label: "template", value: (t) => t.name },
             { label: "parameters", value: (t) => number(t.parameters), className: "num" },
-            { label: "size", value: (t) => `${number(t.size_mb)} MB`, className: "num" },
+            { label: "size", value: (t) => bytes(t.size_mb * 2 ** 20), className: "num" },
             {
               label: "state / sequence",
-              value: (t) => `${number(t.state_mb_per_sequence)} MB`,
+              value: (t) => bytes(t.state_mb_per_sequence * 2 ** 20),
               className: "num",
             },
             { label: "description", value: (t) => t.description },
