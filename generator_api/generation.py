@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ from core.engine.language_model import PREFILL_CHUNK, LanguageModel
 from core.engine.registry import InvalidModelNameError
 from core.engine.sampling import SamplingParams
 from core.engine.sequence import CompletionOutput, TokenLogprob
-from core.engine.stream import StreamEvent
+from core.engine.stream import AbortsOnExit, StreamEvent
 from core.engine_protocol import ModelEngine, require_engine
 from core.errors import InvalidRequest, NotFound, NotReady, Overloaded, PlatformError
 
@@ -92,7 +91,7 @@ def submit_one(
         raise NotReady(str(exc), code="engine_unavailable") from exc
 
 
-class Generation:
+class Generation(AbortsOnExit):
     """Every prompt of one request, submitted together, read as one merged event stream."""
 
     def __init__(self, streams: Sequence[GenerationStream]) -> None:
@@ -133,17 +132,6 @@ class Generation:
     def abort(self) -> None:
         for stream in self.streams:
             stream.abort()
-
-    async def __aenter__(self) -> Generation:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()  # a no-op for finished streams
 
     async def events(self) -> AsyncIterator[tuple[int, StreamEvent]]:
         """(prompt_index, event) as the engine produces them, prompts interleaved."""

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import Self
 
 from .sampling import SamplingParams
 from .sequence import CompletionOutput, TokenLogprob
@@ -42,7 +43,37 @@ class StreamEvent:
     finish_reason: str | None = None
 
 
-class GenerationStream:
+class AbortsOnExit:
+    """`with` and `async with` end the work in flight when the block is left early: `__exit__`
+    calls `abort()`, a no-op for work already finished."""
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+class GenerationStream(AbortsOnExit):
     """The output of one request, fed by a lane thread, read by one consumer.
 
     Read it with `async for event in stream` on an event loop, or `stream.iter_sync()` in a
@@ -148,28 +179,6 @@ class GenerationStream:
         for _ in self.iter_sync(timeout):
             pass
         return self.outputs()
-
-    def __enter__(self) -> GenerationStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()
-
-    async def __aenter__(self) -> GenerationStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()
 
     # Producer side (a lane thread) ------------------------------------------------------------
 
