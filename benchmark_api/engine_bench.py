@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import psutil
@@ -35,6 +35,7 @@ class DecodeMeasurement:
     prefill_s: float
     step_s: list[float]
     peak_memory_mb: float
+    step_cpu_s: list[float] = field(default_factory=list)  # the process's CPU time per step
 
     @property
     def ttft_ms(self) -> float:
@@ -60,6 +61,7 @@ class DecodeMeasurement:
     def row(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("step_s")
+        data.pop("step_cpu_s")
         data.update(
             ttft_ms=self.ttft_ms,
             tpot_ms=self.tpot_ms,
@@ -136,11 +138,12 @@ def measure_decode(
     memory.sample()
 
     steps: list[float] = []
+    step_cpu: list[float] = []
     for i in range(new_tokens):
         check()
         token = logits.argmax(dim=-1)  # (B,)
         _sync(device)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         if state is not None:
             positions = torch.full((batch_size,), context + i, device=device)
             logits = model.decode_step(token, positions, state)  # (B, V)
@@ -149,6 +152,7 @@ def measure_decode(
             logits = model(idx)[0][:, -1]  # (B, V)
         _sync(device)
         steps.append(time.perf_counter() - t0)
+        step_cpu.append(time.process_time() - cpu0)
         memory.sample()
     return DecodeMeasurement(
         mode=mode,
@@ -158,6 +162,7 @@ def measure_decode(
         prefill_s=prefill_s,
         step_s=steps,
         peak_memory_mb=memory.peak_mb,
+        step_cpu_s=step_cpu,
     )
 
 

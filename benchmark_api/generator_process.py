@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,12 +28,27 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class ServerProcess:
+    url: str
+    pid: int  # for reading its CPU time (`benchmark_api.serving_cpu`)
+
+
 @contextlib.contextmanager
 def generator_process(
     env: dict[str, str], *, port: int = 0, log: Path | None = None, timeout_s: float = 180.0
 ) -> Iterator[str]:
     """The Generator on 127.0.0.1:`port` (0: a free one) with `env` over this process's
     environment; yields its URL once `/ready` answers 200. Output goes to `log` if given."""
+    with generator_server(env, port=port, log=log, timeout_s=timeout_s) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def generator_server(
+    env: dict[str, str], *, port: int = 0, log: Path | None = None, timeout_s: float = 180.0
+) -> Iterator[ServerProcess]:
+    """`generator_process`, yielding the URL and the process id."""
     port = port or free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", "generator_api.app:create_app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -49,7 +65,7 @@ def generator_process(
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, log, timeout_s)
-        yield url
+        yield ServerProcess(url, process.pid)
     finally:
         process.terminate()
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from benchmark_api.make_serving_bench import (
     parse_args,
     report,
     run_clients,
+    untrained_model,
     warm_up,
 )
 from benchmark_api.serving_bench import latency_stats
+from benchmark_api.serving_cpu import CpuClock, EngineReference
+from core.engine import load_model
 from generator_api.app import create_app as create_generator
 from tests.conftest import NANO_MODEL, engine_settings
 from tests.support.poll import poll_until
@@ -43,7 +47,9 @@ def generator(
 def test_options() -> None:
     args = parse_args(["--quick", "--levels", "1,2"])
     assert args.requests == 1 and args.max_tokens == 64 and args.levels == "1,2"
-    assert args.rounds == 1
+    assert args.rounds == 1 and args.template_rounds == 1
+    assert parse_args([]).templates == "bdh-official"
+    assert parse_args([]).levels == "1,4,8,16" and parse_args([]).template_levels == "1,4,8"
 
 
 async def test_clients_count_tokens_and_latencies(generator: LiveServer) -> None:
@@ -77,3 +83,28 @@ def test_health_probe_under_load_and_the_report(
     report([level], idle, args)
     printed = capsys.readouterr().out
     assert "2 streams: 1.00x" in printed and f"({len(level.health_s)} probes)" in printed
+
+
+def test_the_report_holds_levels_against_the_engine_and_shows_the_cpu(
+    generator: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In-process server: its CPU is this process's, so every share is counted somewhere."""
+    args = argparse.Namespace(model=NANO_MODEL, requests=1, max_tokens=8, rounds=1)
+    level = LevelRounds(clients=2)
+    measure_level(generator.url, level, args, probe=True, clock=CpuClock(os.getpid()))
+    cpu = level.cpu
+    assert cpu.wall_s > 0 and cpu.client_s > 0 and cpu.server_s > 0 and cpu.prober_s > 0
+    assert level.output_tokens == 2 * 8
+    engine = EngineReference(batch=2, tokens_per_s=[100.0, 300.0], cpu_s_per_token=[0.001])
+    idle = latency_stats([0.001])
+    report([level], idle, args, engine)
+    printed = capsys.readouterr().out
+    assert "vs engine" in printed and "engine alone, batch 2 (median of 2" in printed
+    assert "200 tok/s" in printed
+    assert "Where the" in printed and "load generator" in printed
+
+
+def test_an_untrained_template_model_is_made_to_serve(tmp_path: Path) -> None:
+    untrained_model(NANO_MODEL, tmp_path)
+    lm = load_model(NANO_MODEL, models_dir=tmp_path, device="cpu")
+    assert lm.config.n_layer > 0 and not lm.model.training
