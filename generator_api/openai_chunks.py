@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any, Literal
 
+from pydantic_core import to_json
+
 from core.engine.sequence import FINISH_LENGTH, CompletionOutput, TokenLogprob
 from core.engine.stream import StreamEvent
 
@@ -37,6 +39,9 @@ def _version() -> str:
 
 
 SYSTEM_FINGERPRINT = f"fp_hatchery_{_version()}"
+# Stands where a text chunk's text goes; no id, model name or fingerprint can hold a NUL.
+_TEXT_MARK = "\x00hatchery:text\x00"
+_TEXT_MARK_JSON = to_json(_TEXT_MARK).decode()
 
 
 @dataclass
@@ -77,6 +82,8 @@ class ChunkWriter:
         self.prepared = prepared
         self.offsets: dict[int, OffsetTracker] = {}
         self.generated: dict[int, int] = {}  # tokens streamed so far, per choice number
+        # (choice number, finish reason) -> the text chunk's JSON before and after its text
+        self._text_halves: dict[tuple[int, str | None], tuple[str, str]] = {}
 
     def _base(self, number: int | None = None) -> dict[str, Any]:
         p = self.prepared
@@ -130,6 +137,31 @@ class ChunkWriter:
                     messages.append(self._completion_choice(number, text, logprobs, None))
         return messages
 
+    def _text_chunk(self, number: int, text: str, finish_reason: str | None) -> str:
+        """A chunk of text without logprobs, the one sent per token: pydantic renders it once
+        per choice and finish reason with a mark for the text, and each chunk fills the text
+        in, serialised by the same pydantic-core serializer, so the bytes are the ones
+        pydantic would write, without building and validating two models per token."""
+        if self.prepared.continuous_usage:  # the usage differs from chunk to chunk
+            return self._render_text(number, text, finish_reason)
+        halves = self._text_halves.get((number, finish_reason))
+        if halves is None:
+            before, mark, after = self._render_text(number, _TEXT_MARK, finish_reason).partition(
+                _TEXT_MARK_JSON
+            )
+            assert mark, "the text mark is missing from the rendered chunk"
+            halves = self._text_halves[(number, finish_reason)] = (before, after)
+        return halves[0] + to_json(text).decode() + halves[1]
+
+    def _render_text(self, number: int, text: str, finish_reason: str | None) -> str:
+        if self.prepared.kind == "chat":
+            delta = DeltaMessage(content=text)
+            choice = ChatChunkChoice(
+                index=number, delta=delta, logprobs=None, finish_reason=finish_reason
+            )
+            return self._chat(choice)
+        return self._completion_choice(number, text, None, finish_reason)
+
     def _completion_choice(
         self, index: int, text: str, logprobs: Any, finish_reason: str | None
     ) -> str:
@@ -148,22 +180,25 @@ class ChunkWriter:
         if p.logprobs is not None and event.logprobs is not None:
             tracker = self.offsets.setdefault(number, OffsetTracker())
             logprobs = completion_logprobs(event.logprobs, event.token_ids, tracker)
-        if not event.text and event.finish_reason is None and logprobs is None:
+        if logprobs is not None:
+            return [self._completion_choice(number, event.text, logprobs, event.finish_reason)]
+        if not event.text and event.finish_reason is None:
             return []  # tokens held back (half a character, a possible stop string)
-        return [self._completion_choice(number, event.text, logprobs, event.finish_reason)]
+        return [self._text_chunk(number, event.text, event.finish_reason)]
 
     def _chat_event(self, number: int, event: StreamEvent) -> list[str]:
         messages = []
         wants_logprobs = self.prepared.chat_logprobs and bool(event.logprobs)
-        if event.text or wants_logprobs:
-            logprobs = chat_logprobs(event.logprobs or []) if wants_logprobs else None
+        if wants_logprobs:
             choice = ChatChunkChoice(
                 index=number,
                 delta=DeltaMessage(content=event.text),
-                logprobs=logprobs,
+                logprobs=chat_logprobs(event.logprobs or []),
                 finish_reason=None,
             )
             messages.append(self._chat(choice))
+        elif event.text:
+            messages.append(self._text_chunk(number, event.text, None))
         if event.finish_reason is not None:
             messages.append(self.finish_chat(number, event.finish_reason))
         return messages

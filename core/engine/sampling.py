@@ -208,12 +208,13 @@ def _filtered_probs(scaled: torch.Tensor, params: Sequence[SamplingParams]) -> t
     puts equal logits in index order, which makes top_k cut ties deterministically.
     """
     B, V = scaled.shape
-    ranks = torch.arange(V).expand(B, V)  # (B, V)
-    top_k = torch.tensor([p.top_k if p.top_k > 0 else V for p in params]).view(B, 1)
     top_p = torch.tensor([p.top_p for p in params]).view(B, 1)
     min_p = torch.tensor([p.min_p for p in params]).view(B, 1)
     sorted_logits, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # (B, V)
-    sorted_logits = sorted_logits.masked_fill(ranks >= top_k, -torch.inf)
+    if any(p.top_k > 0 for p in params):  # else the mask is all False: nothing to fill
+        ranks = torch.arange(V).expand(B, V)  # (B, V)
+        top_k = torch.tensor([p.top_k if p.top_k > 0 else V for p in params]).view(B, 1)
+        sorted_logits = sorted_logits.masked_fill(ranks >= top_k, -torch.inf)
     probs = torch.softmax(sorted_logits, dim=-1)  # (B, V) in sorted order
     # Top-p keeps the shortest prefix whose mass reaches top_p: a token stays while the mass
     # strictly before it is still short of top_p.
@@ -290,14 +291,19 @@ def sample_rows(
     for rows, filter_rows in ((plain, False), (filtered, True)):
         if not rows:
             continue
+        whole = len(rows) == batch  # the usual case: no copy of the rows in or out
         temperature = torch.tensor([params[i].temperature for i in rows]).view(-1, 1)
-        scaled = processed[rows] / temperature  # (b, V)
+        scaled = (processed if whole else processed[rows]) / temperature  # (b, V)
         probs = (
             _filtered_probs(scaled, [params[i] for i in rows])
             if filter_rows
             else torch.softmax(scaled, dim=-1)
         )
-        tokens[rows] = _draw(probs, [generators[i] for i in rows])
+        drawn = _draw(probs, [generators[i] for i in rows])
+        if whole:
+            tokens = drawn
+        else:
+            tokens[rows] = drawn
     logprobs = torch.log_softmax(raw, dim=-1).gather(1, tokens.view(-1, 1)).view(-1)  # (B,)
     return list(zip(tokens.tolist(), logprobs.tolist(), strict=True))
 
@@ -358,7 +364,7 @@ class StopMatcher:
         if self.stopped:
             return "", True
         buffer = self._held + text
-        if not armed:
+        if not armed or not self._stops:  # nothing can match: all text is released
             self._held = ""
             return buffer, False
         cut = self._first_match(buffer)

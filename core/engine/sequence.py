@@ -108,14 +108,15 @@ class SequenceDecoder:
         """Sample the next token from `logits` (V,); return the text that may now be shown."""
         return accept_rows([self], logits.view(1, -1))[0]
 
-    def _push(self, token: int, logprob: float, logits: torch.Tensor) -> str:
-        """Record the sampled token; return the text that may now be shown."""
+    def _push(self, token: int, logprob: float, logits: torch.Tensor, row: int) -> str:
+        """Record the sampled token (from row `row` of the batch's logits (B, V)); return the
+        text that may now be shown."""
         self.output_ids.append(token)
         if self.penalised:
             self.output_counts[token] += 1
         if self.logprobs is not None:
             k = self.params.logprobs or 0
-            top = top_logprobs_of(logits, k) if k else []
+            top = top_logprobs_of(logits[row], k) if k else []
             self.logprobs.append(TokenLogprob(token, logprob, top))
 
         armed = len(self.output_ids) >= self.params.min_tokens
@@ -175,6 +176,6 @@ def accept_rows(decoders: Sequence[SequenceDecoder], logits: torch.Tensor) -> li
         banned=[d.banned_tokens() for d in decoders],
     )
     return [
-        decoder._push(token, logprob, logits[row])
+        decoder._push(token, logprob, logits, row)
         for row, (decoder, (token, logprob)) in enumerate(zip(decoders, choices, strict=True))
     ]

@@ -94,6 +94,7 @@ class IncrementalDecoder:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._holding = False  # whether the decoder holds bytes of an unfinished character
 
     @property
     def pending_bytes(self) -> int:
@@ -103,8 +104,11 @@ class IncrementalDecoder:
 
     def push(self, token_id: int) -> str:
         """Feed one token; return the text it completed (often "", never half a character)."""
+        if 0 <= token_id < 0x80 and not self._holding:
+            return chr(token_id)  # what the decoder would return, without the calls (per token)
         text = self._decoder.decode(bytes((_check_token(token_id),)))
         pending, _ = self._decoder.getstate()
+        self._holding = bool(pending)
         if pending and not _is_valid_prefix(pending):
             text += self.flush()
         return text
@@ -113,4 +117,5 @@ class IncrementalDecoder:
         """Return whatever is held back (an incomplete tail becomes U+FFFD) and start over."""
         text = self._decoder.decode(b"", final=True)
         self._decoder.reset()
+        self._holding = False
         return text
