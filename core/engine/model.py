@@ -6,6 +6,11 @@ S = sum_{s<t} q_s^T x_s (N x D, float32), so that a new token costs the same wha
 context: `prefill` consumes a prompt in chunks, `decode_step` advances a batch of sequences,
 each at its own position, by one token.
 
+Time to first token: a prompt's last chunk (`prefill_last`) computes the last position's
+logits without writing the state, and finishes only that position in the last layer; its
+state write (`StateWrite`) runs afterwards, once the first token is out, with the very
+products `prefill_chunk` would have run, so the state is bit-identical either way.
+
 State layout: one float32 tensor (n_layer, B, nh, N, D). Slicing a pool of such tensors along
 B gives views that `prefill` and `decode_step` update in place.
 """
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .state_write import StateWrite, write_chunk
 
 LN_EPS = 1e-5
 ROPE_THETA = 2.0**16
@@ -182,20 +188,27 @@ class BDH(nn.Module):
         """Consume `idx` (B, T) at positions start_pos.. in chunks; return (logits, state).
 
         `state` (n_layer, B, nh, N, D) is updated in place (a new one is made when None).
-        Logits are (B, T, V) with `all_logits`, else the last position's (B, V).
+        Logits are (B, T, V) with `all_logits`, else the last position's (B, V): then only
+        the last chunk computes logits, through `prefill_last`, whose state write follows.
         """
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         B, T = idx.size()
         if state is None:  # a first chunk at position 0 writes all of it
             state = self.new_state(B, idx.device, zeroed=start_pos != 0 or T == 0)
-        outputs = []
-        for begin in range(0, T, chunk_size):
-            chunk = idx[:, begin : begin + chunk_size]
-            logits = self.prefill_chunk(chunk, state, start_pos + begin)
-            outputs.append(logits if all_logits else logits[:, -1:])
-        logits = torch.cat(outputs, dim=1)
-        return (logits if all_logits else logits[:, -1]), state
+        if all_logits or T == 0:
+            outputs = [
+                self.prefill_chunk(idx[:, begin : begin + chunk_size], state, start_pos + begin)
+                for begin in range(0, T, chunk_size)
+            ]
+            logits = torch.cat(outputs, dim=1)
+            return (logits if all_logits else logits[:, -1]), state
+        last = (T - 1) // chunk_size * chunk_size  # where the last chunk begins
+        for begin in range(0, last, chunk_size):
+            self.absorb_chunk(idx[:, begin : begin + chunk_size], state, start_pos + begin)
+        logits, write = self.prefill_last(idx[:, last:], state, start_pos + last)
+        write.apply(state)
+        return logits, state
 
     @torch.no_grad()
     def prefill_chunk(self, idx: torch.Tensor, state: torch.Tensor, start_pos: int) -> torch.Tensor:
@@ -204,28 +217,123 @@ class BDH(nn.Module):
         `state` holds positions before `start_pos` and is updated in place. At position 0 it
         holds nothing, so it is written, not read: its old contents do not matter.
         """
+        logits = self._chunk(idx, state, start_pos, rows="all")
+        assert logits is not None
+        return logits
+
+    @torch.no_grad()
+    def absorb_chunk(self, idx: torch.Tensor, state: torch.Tensor, start_pos: int) -> None:
+        """`prefill_chunk` for a chunk whose logits nobody reads (not a prompt's last): the
+        same state update, bit for bit, without the LM head."""
+        self._chunk(idx, state, start_pos, rows="none")
+
+    @torch.no_grad()
+    def prefill_last(
+        self,
+        idx: torch.Tensor,
+        state: torch.Tensor | None,
+        start_pos: int,
+        *,
+        keep_bytes: int | None = None,
+    ) -> tuple[torch.Tensor, StateWrite]:
+        """A prompt's last chunk (B, C): the last position's logits (B, V), soonest.
+
+        Two things the first token does not need are left out. The state is read (from
+        positions before `start_pos`; `state` may be None at position 0) but not written:
+        the returned `StateWrite` does that later, bit-identically to `prefill_chunk`'s
+        write, once the first token is out. And the last layer finishes only the last
+        position (its attention row, ys, decoder product) and the LM head reads one row.
+        The write holds each layer's input x (B, C, D) and, up to `keep_bytes` (default one
+        state's worth for B sequences), the layers' float32 queries q (B, nh, C, N); the
+        other layers recompute q from x when it writes.
+        """
+        if keep_bytes is None:
+            keep_bytes = idx.size(0) * self.config.state_numel() * 4
+        phases = self._phases(start_pos, idx.size(1), idx.device)
+        write = StateWrite(start_pos, lambda x: self._queries(x, phases)[1].float(), keep_bytes)
+        logits = self._chunk(idx, state, start_pos, rows="last", defer=write)
+        assert logits is not None
+        return logits[:, -1], write
+
+    def _phases(self, start_pos: int, T: int, device: torch.device) -> torch.Tensor:
+        """RoPE phases (1, 1, T, N) of positions start_pos..start_pos+T-1."""
+        positions = torch.arange(start_pos, start_pos + T, device=device, dtype=torch.float32)
+        return positions.view(1, 1, T, 1) * self.freqs.view(1, 1, 1, -1)
+
+    def _queries(self, x: torch.Tensor, phases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """xs = relu(x @ encoder) and q = rope(xs), (B, nh, T, N) each, for a layer's x."""
+        xs = F.relu(x @ self.encoder)
+        return xs, rope(phases, xs)
+
+    def _chunk(
+        self,
+        idx: torch.Tensor,
+        state: torch.Tensor | None,
+        start_pos: int,
+        *,
+        rows: str,
+        defer: StateWrite | None = None,
+    ) -> torch.Tensor | None:
+        """The chunk's layers; logits of `rows` ("all", "last" or "none"). With `defer`,
+        the state is only read, and each layer's x and q go to `defer` instead of a write.
+
+        With "last", the last layer finishes each sequence's last position on its own, so
+        that those one-row products have the same shapes in any batch: a sequence's logits
+        are bit-identical alone or batched.
+        """
         B, T = idx.size()
         C = self.config
-        D, nh, N = C.n_embd, C.n_head, C.neurons_per_head
-        positions = torch.arange(start_pos, start_pos + T, device=idx.device, dtype=torch.float32)
-        phases = positions.view(1, 1, T, 1) * self.freqs.view(1, 1, 1, N)  # (1, 1, T, N)
-
+        D = C.n_embd
+        if start_pos and state is None:
+            raise ValueError("a chunk after position 0 reads the state: pass it")
+        phases = self._phases(start_pos, T, idx.device)  # (1, 1, T, N)
         x = layer_norm(self.embed(idx).unsqueeze(1))  # (B, 1, T, D)
         for layer in range(C.n_layer):
-            S = state[layer]  # (B, nh, N, D) float32
-            xs = F.relu(x @ self.encoder)  # (B, nh, T, N)
-            q = rope(phases, xs)  # (B, nh, T, N)
-            q32, x32 = q.float(), x.float()
-            a = (q32 @ q32.mT).tril(diagonal=-1) @ x32  # (B, nh, T, D) within the chunk
-            if start_pos == 0:  # no earlier chunk: S = q^T x, with no read of S at all
-                torch.matmul(q32.mT, x32.expand(B, nh, T, D), out=S)  # (B, nh, N, D)
+            xs, q = self._queries(x, phases)  # (B, nh, T, N)
+            q32 = q.float()
+            S = state[layer] if start_pos and state is not None else None  # earlier chunks
+            if rows == "last" and layer == C.n_layer - 1:  # only the last position from here
+                parts = [
+                    self._mix(xs[b : b + 1], q32[b : b + 1], x[b : b + 1], S, 1, row=b)
+                    for b in range(B)
+                ]
+                mixed = torch.cat(parts)  # (B, 1, 1, D)
             else:
-                a = a + q32 @ S  # (B, nh, T, D) from earlier chunks
-                S.add_(q32.mT @ x32.expand(B, nh, T, D))  # (B, nh, N, D)
-            ys = F.relu(layer_norm(a.to(x.dtype)) @ self.encoder_v)  # (B, nh, T, N)
-            m = (xs * ys).transpose(1, 2).reshape(B, 1, T, nh * N) @ self.decoder  # (B, 1, T, D)
-            x = layer_norm(x + layer_norm(m))  # (B, 1, T, D)
+                mixed = self._mix(xs, q32, x, S, T)  # (B, 1, T, D)
+            if defer is not None:
+                defer.keep(x, q32)
+            else:  # after the reads of S above
+                assert state is not None
+                write_chunk(state[layer], q32, x.float(), start_pos)
+            x = mixed
+        if rows == "none":
+            return None
+        if rows == "last":  # (B, 1, V), a row at a time for the same reason
+            return torch.cat([x[b : b + 1].view(1, 1, D) @ self.lm_head for b in range(B)])
         return x.view(B, T, D) @ self.lm_head  # (B, T, V)
+
+    def _mix(
+        self,
+        xs: torch.Tensor,
+        q32: torch.Tensor,
+        x: torch.Tensor,
+        S: torch.Tensor | None,
+        R: int,
+        *,
+        row: int | None = None,
+    ) -> torch.Tensor:
+        """A layer after its queries, for the last R of the T positions: attention within
+        the chunk and from the state S of earlier chunks (if any; sequence `row` of it when
+        given, else all), ys, the decoder product and the residual; returns x (B, 1, R, D)."""
+        B, nh, T, N = xs.shape
+        x32 = x.float()
+        q_rows = q32[:, :, T - R :]  # (B, nh, R, N)
+        a = (q_rows @ q32.mT).tril(diagonal=T - R - 1) @ x32  # (B, nh, R, D)
+        if S is not None:
+            a = a + q_rows @ (S if row is None else S[row : row + 1])  # (B, nh, R, D)
+        ys = F.relu(layer_norm(a.to(x.dtype)) @ self.encoder_v)  # (B, nh, R, N)
+        xy = (xs[:, :, T - R :] * ys).transpose(1, 2).reshape(B, 1, R, nh * N)
+        return layer_norm(x[:, :, T - R :] + layer_norm(xy @ self.decoder))  # (B, 1, R, D)
 
     @torch.no_grad()
     def decode_step(
