@@ -6,7 +6,10 @@ Each step a lane
 
 1. takes the requests admitted to it (aborted waiting ones were dropped by the scheduler);
 2. prefills admitted prompts chunk by chunk, at most `prefill_budget` tokens per step, so
-   running streams keep flowing while a long prompt is read;
+   running streams keep flowing while a long prompt is read; a prompt's last chunk gives
+   its logits before writing the state (`BDH.prefill_last`), so the first token is sampled
+   and delivered first and the state written after, straight into the sequence's slot
+   (the second token's latency carries that write);
 3. runs one batched `decode_step` over all its running sequences, whose states are the view
    `SlotPool.states()` of a pool kept compacted (no gather or scatter copies);
 4. samples each row with its own `SequenceDecoder` and delivers the text to its stream;
@@ -37,6 +40,7 @@ from typing import Protocol
 import torch
 
 from .language_model import LanguageModel
+from .model import StateWrite
 from .sampling import SamplingParams
 from .sequence import FINISH_ABORT, CompletionOutput, SequenceDecoder, accept_rows
 from .slots import SlotPool
@@ -239,28 +243,36 @@ class Lane:
         model, spent = self.lm.model, 0
         for request in list(self._prefilling):
             ids = request.prompt_ids
-            logits = None
             while request.prefilled < len(ids):
                 begin = request.prefilled
                 end = min(begin + self.prefill_chunk, len(ids))
                 if spent + (end - begin) > self.prefill_budget:
                     return
-                if request.state is None:  # allocated on first use: 201 MB for bdh-official
-                    # The first chunk starts at position 0 and writes the whole state.
-                    request.state = model.new_state(1, zeroed=False)
                 chunk = torch.tensor([ids[begin:end]], device=self.lm.device)  # (1, C)
-                logits = model.prefill_chunk(chunk, request.state, begin)  # (1, C, V)
                 spent += end - begin
+                if end < len(ids):  # not the last chunk: it writes the state at once
+                    if request.state is None:  # on first use: 201 MB for bdh-official
+                        # The first chunk starts at position 0 and writes the whole state.
+                        request.state = model.new_state(1, zeroed=False)
+                    model.absorb_chunk(chunk, request.state, begin)
+                    request.prefilled = end
+                    self._stats.prompt_read(end - begin)
+                    continue
+                # The last chunk: logits first, its state write after the first token. A
+                # prompt of one chunk holds no state meanwhile, only the queries the write
+                # needs (at most one state's worth); a longer one holds its state, so its
+                # write recomputes them and the lane stays within its budgeted prefill state.
+                keep = None if request.state is None else 0
+                logits, write = model.prefill_last(chunk, request.state, begin, keep_bytes=keep)
                 request.prefilled = end
                 self._stats.prompt_read(end - begin)
-            assert logits is not None
-            self._start_decoding(request, logits[0, -1])
+                self._start_decoding(request, logits[0], write)
             self._prefilling.remove(request)
 
-    def _start_decoding(self, request: Request, logits: torch.Tensor) -> None:
-        """Sample each choice's first token from the prompt's logits (V,); seat the others."""
-        state = request.state
-        assert state is not None
+    def _start_decoding(self, request: Request, logits: torch.Tensor, write: StateWrite) -> None:
+        """Sample each choice's first token from the prompt's logits (V,) and deliver it
+        (that is the time to first token); then write the prompt's last chunk into the state
+        of the choices that go on, straight into the first one's slot, and seat them."""
         now = time.monotonic()
         request.stream.first_token_time = now
         self._stats.first_token(now - request.stream.submitted_at)
@@ -268,9 +280,16 @@ class Lane:
         texts = accept_rows(request.decoders, logits)
         for decoder, text in zip(request.decoders, texts, strict=True):
             self._deliver(request, decoder, text)
-            if not decoder.finished:
-                self._pool.seat(RunningSequence(request, decoder, now), state)
+        earlier = request.state  # earlier chunks' state, or None: the write makes all of it
         request.state = None
+
+        def fill(slot: torch.Tensor) -> None:
+            if earlier is not None:
+                slot.copy_(earlier)
+            write.apply(slot)
+
+        going_on = [d for d in request.decoders if not d.finished]
+        self._pool.seat_filled([RunningSequence(request, d, now) for d in going_on], fill)
 
     def _decode(self) -> None:
         """One batched decode step over every running sequence of this lane."""

@@ -2,6 +2,7 @@
 
     pool = SlotPool(model.new_state, max_slots=32, initial_slots=4, name="bdh-nano")
     pool.seat(sequence, state)              # copies a prefilled (n_layer, 1, nh, N, D) state
+    pool.seat_filled([a, b], write.apply)   # writes one state into a's slot, b copies it
     logits = model.decode_step(tokens, positions, pool.states())   # in place, (B, ...) view
     pool.release([row, ...])                # finished rows: the last slot moves into each hole
 
@@ -64,6 +65,19 @@ class SlotPool(Generic[_T]):
         assert self._tensor is not None
         self._tensor[:, slot].copy_(state[:, 0])
         self.items.append(item)
+
+    def seat_filled(self, items: Sequence[_T], fill: Callable[[torch.Tensor], None]) -> None:
+        """Append `items`, which start from one state: `fill(view)` writes it straight into
+        the first one's slot (a (n_layer, 1, nh, N, D) view of the pool, old contents
+        undefined), and the others copy that slot. No state is made outside the pool."""
+        if not items:
+            return
+        slot = self._claim()
+        assert self._tensor is not None
+        fill(self._tensor[:, slot : slot + 1])
+        self.items.append(items[0])
+        for item in items[1:]:
+            self.seat(item, self._tensor[:, slot : slot + 1])
 
     def release(self, rows: Sequence[int]) -> None:
         """Free rows, moving the last running slot into each hole (highest first)."""

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+import torch
 
 from core.engine import (
     EngineOverloaded,
@@ -16,11 +17,13 @@ from core.engine import (
     SamplingParams,
     Scheduler,
     StreamEvent,
+    load_model,
 )
+from core.engine.state_write import StateWrite
 from core.engine.stats import EngineObserver
 from tests.support.poll import poll_until
 
-from .conftest import nano_model
+from .conftest import SHIPPED_MODEL_DIR, nano_model
 
 WAIT_S = 30.0
 
@@ -81,6 +84,79 @@ def test_greedy_output_equals_language_model_complete(
         assert output.token_ids == expected.token_ids
         assert output.text == expected.text
         assert output.finish_reason == "length"
+
+
+def _eager_greedy(lm: LanguageModel, prompt: str, tokens: int, chunk: int = 256) -> list[int]:
+    """Greedy tokens as the engine made them before the state write was deferred: every
+    prefill chunk writes the state at once (`prefill_chunk`), then decode steps."""
+    model, ids_ = lm.model, torch.tensor([ids(prompt)])
+    state = model.new_state(1)
+    for begin in range(0, ids_.size(1), chunk):
+        logits = model.prefill_chunk(ids_[:, begin : begin + chunk], state, begin)[:, -1]
+    out = [int(logits.argmax(-1))]
+    for position in range(ids_.size(1), ids_.size(1) + tokens - 1):
+        logits = model.decode_step(torch.tensor(out[-1:]), torch.tensor([position]), state)
+        out.append(int(logits.argmax(-1)))
+    return out
+
+
+def test_the_shipped_models_greedy_output_is_unchanged() -> None:
+    """The deferred state write changes when the state is written, not what is generated."""
+    shipped = load_model("bdh-shakespeare", models_dir=SHIPPED_MODEL_DIR.parent)
+    scheduler = Scheduler(shipped, max_batch=4, max_waiting=8).start()
+    try:
+        params = SamplingParams(max_tokens=48, temperature=0.0)
+        for prompt in ["First Citizen:", "ROMEO:\n", "All the world's a stage. " * 30]:
+            output = scheduler.submit(ids(prompt), params).collect_sync(WAIT_S)[0]
+            assert output.token_ids == _eager_greedy(shipped, prompt, 48), prompt[:20]
+    finally:
+        scheduler.stop(timeout=WAIT_S)
+
+
+def test_the_first_token_reaches_the_consumer_before_the_state_is_written(
+    lm: LanguageModel, start: Callable[..., Scheduler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = ["Hi", "x" * 300]  # one chunk (written into the slot), and two
+    params = SamplingParams(max_tokens=6, temperature=0.0, n=2)
+    expected = [lm.complete([p], params) for p in prompts]
+    received = threading.Event()
+    held: list[bool] = []
+    apply = StateWrite.apply
+
+    def held_apply(write: StateWrite, state: torch.Tensor) -> None:
+        held.append(received.wait(WAIT_S))  # until the consumer has the first token
+        apply(write, state)
+
+    monkeypatch.setattr(StateWrite, "apply", held_apply)
+    scheduler = start()
+    for prompt, outputs in zip(prompts, expected, strict=True):
+        received.clear()
+        stream = scheduler.submit(ids(prompt), params)
+        events = stream.iter_sync(timeout=WAIT_S)
+        first = next(events)
+        assert len(first.token_ids) == 1  # nothing else comes while the write waits
+        received.set()
+        list(events)
+        assert [o.token_ids for o in stream.outputs()] == [o.token_ids for o in outputs]
+    assert held == [True, True]  # one write per request, shared by its two choices
+
+
+def test_a_request_that_ends_at_its_first_token_writes_no_state(
+    lm: LanguageModel, start: Callable[..., Scheduler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    apply = StateWrite.apply
+
+    def counted(write: StateWrite, state: torch.Tensor) -> None:
+        writes.append(1)
+        apply(write, state)
+
+    monkeypatch.setattr(StateWrite, "apply", counted)
+    scheduler = start()
+    output = scheduler.submit(ids("Hello"), SamplingParams(max_tokens=1)).collect_sync(WAIT_S)
+    assert output[0].completion_tokens == 1 and writes == []
+    scheduler.submit(ids("Hello"), SamplingParams(max_tokens=2)).collect_sync(WAIT_S)
+    assert writes == [1]
 
 
 def test_concurrent_seeded_requests_equal_each_alone(
