@@ -2,6 +2,9 @@
 
 Each measurement builds a random context of `context` bytes per sequence, times the prefill
 (time to first token), then times `new_tokens` single-token decode steps for the whole batch.
+The recurrent prefill defers its last chunk's state write past the first token, as the
+scheduler does (`BDH.prefill_last`): the first decode step's time, the second token's
+latency, includes that write (and `state_write_s` tells it apart).
 `recompute` re-runs the full forward over the growing sequence for every new token, which is
 what the official `generate` does; `recurrent` advances the fixed-size state.
 
@@ -20,7 +23,7 @@ import psutil
 import torch
 
 from benchmark_api.roofline import STATE_BYTES_PER_FLOAT
-from core.engine.model import BDH, BDHConfig
+from core.engine.model import BDH, BDHConfig, StateWrite
 
 Mode = Literal["recurrent", "recompute"]
 Check = Callable[[], None]
@@ -33,9 +36,11 @@ class DecodeMeasurement:
     context: int
     new_tokens: int
     prefill_s: float
-    step_s: list[float]
+    step_s: list[float]  # the first (recurrent) includes the deferred state write
     peak_memory_mb: float
-    step_cpu_s: list[float] = field(default_factory=list)  # the process's CPU time per step
+    # the process's CPU time per decode step (the deferred state write not included)
+    step_cpu_s: list[float] = field(default_factory=list)
+    state_write_s: float = 0.0  # the last prefill chunk's state write, after the first token
 
     @property
     def ttft_ms(self) -> float:
@@ -45,6 +50,11 @@ class DecodeMeasurement:
     def tpot_ms(self) -> float:
         """Median time per output token (per decode step of the batch)."""
         return statistics.median(self.step_s) * 1000
+
+    @property
+    def second_token_ms(self) -> float:
+        """The second token's latency: the deferred state write and the first decode step."""
+        return self.step_s[0] * 1000
 
     @property
     def mean_step_s(self) -> float:
@@ -128,22 +138,32 @@ def measure_decode(
     memory = _MemoryWatch(device)
     _sync(device)
     started = time.perf_counter()
+    write: StateWrite | None = None
     if mode == "recurrent":
-        logits, state = _prefill(model, idx, prefill_chunk, check)
+        logits, state, write = _prefill(model, idx, prefill_chunk, check)
     else:
         check()
         logits, state = model(idx)[0][:, -1], None
+    token = logits.argmax(dim=-1)  # (B,) the first token
     _sync(device)
     prefill_s = time.perf_counter() - started
     memory.sample()
 
     steps: list[float] = []
     step_cpu: list[float] = []
+    write_s = 0.0
     for i in range(new_tokens):
         check()
-        token = logits.argmax(dim=-1)  # (B,)
+        if i:
+            token = logits.argmax(dim=-1)  # (B,)
         _sync(device)
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
+        if write is not None:  # before the first decode step: the state it reads
+            state = _write_state(model, write, state, batch_size)
+            write = None
+            _sync(device)
+            write_s = time.perf_counter() - t0
+        cpu0 = time.process_time()  # the decode step's own CPU, without the write
         if state is not None:
             positions = torch.full((batch_size,), context + i, device=device)
             logits = model.decode_step(token, positions, state)  # (B, V)
@@ -163,21 +183,39 @@ def measure_decode(
         step_s=steps,
         peak_memory_mb=memory.peak_mb,
         step_cpu_s=step_cpu,
+        state_write_s=write_s,
     )
 
 
 def _prefill(
     model: BDH, idx: torch.Tensor, chunk: int, check: Check
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`model.prefill`, chunk by chunk, so that a cancellation lands between chunks."""
+) -> tuple[torch.Tensor, torch.Tensor | None, StateWrite]:
+    """What the scheduler runs up to the first token, chunk by chunk (a cancellation lands
+    between chunks): earlier chunks write the state, the last one gives the last logits
+    (B, V) and its deferred write. The state is None for a prompt of one chunk: the write
+    makes all of it."""
     B, T = idx.size()
-    state = model.new_state(B, idx.device)  # (L, B, nh, N, D) float32
-    logits = None
-    for begin in range(0, T, chunk):
+    if T == 0:
+        raise ValueError("a context of at least one token is required")
+    last = (T - 1) // chunk * chunk  # where the last chunk begins
+    state = model.new_state(B, idx.device, zeroed=False) if last else None  # (L, B, nh, N, D)
+    for begin in range(0, last, chunk):
         check()
-        logits = model.prefill_chunk(idx[:, begin : begin + chunk], state, begin)[:, -1]
-    assert logits is not None, "a context of at least one token is required"
-    return logits, state  # (B, V), state
+        assert state is not None
+        model.absorb_chunk(idx[:, begin : begin + chunk], state, begin)
+    check()
+    logits, write = model.prefill_last(idx[:, last:], state, last)
+    return logits, state, write
+
+
+def _write_state(
+    model: BDH, write: StateWrite, state: torch.Tensor | None, batch_size: int
+) -> torch.Tensor:
+    """The deferred write, into the prompt's state (made now for a prompt of one chunk)."""
+    if state is None:
+        state = model.new_state(batch_size, model.lm_head.device, zeroed=False)
+    write.apply(state)
+    return state
 
 
 def measure_repeats(

@@ -83,7 +83,16 @@ class EngineRow(BaseModel):
     note: str | None = None
     repeats: int = 0
     prefill_tokens_per_s: Spread | None = None
-    ttft_ms: Spread | None = None
+    ttft_ms: Spread | None = Field(
+        None,
+        description="Time to first token; recurrent: the prefill up to the last logits, whose "
+        "last chunk's state write follows the first token (see second_token_ms).",
+    )
+    second_token_ms: Spread | None = Field(
+        None,
+        description="The second token's latency; recurrent: the deferred state write of the "
+        "prompt's last chunk plus the first decode step.",
+    )
     tpot_ms: Spread | None = None
     decode_tokens_per_s: Spread | None = None
     peak_memory_mb: float | None = Field(

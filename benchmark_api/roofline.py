@@ -127,18 +127,39 @@ def decode_traffic(
 
 
 def prefill_flops(config: BDHConfig, *, batch: int, context: int, chunk: int) -> float:
-    """Floating-point operations of a chunked recurrent prefill of `context` tokens."""
+    """Floating-point operations of a chunked recurrent prefill of `context` tokens, up to
+    the first token's logits: what its time to first token pays for.
+
+    Earlier chunks write the state (S += q^T x, plus q @ S after chunk 0) and skip the LM
+    head; the last one reads the state but defers its write (`state_write_flops`), and its
+    last layer finishes the last position only (after the encoder product of every row).
+    """
     nh, D, N, V = config.n_head, config.n_embd, config.neurons_per_head, config.vocab_size
     total = 0.0
     for begin in range(0, context, chunk):
         c = min(chunk, context - begin)
+        last = begin + c == context
+        read = 2 * nh * N * c * D if begin else 0  # q @ S
+        write = 0 if last else 2 * nh * N * c * D  # S += q^T x
         layer = (
             3 * 2 * c * D * nh * N  # x @ encoder, a @ encoder_v, (xs * ys) @ decoder
             + 2 * nh * c * c * (N + D)  # q q^T and its product with x, within the chunk
-            + 2 * nh * N * c * D * (2 if begin else 1)  # S += q^T x (and q @ S after chunk 0)
+            + read
+            + write
         )
-        total += config.n_layer * layer + 2 * c * D * V
+        total += (config.n_layer - 1 if last else config.n_layer) * layer
+        if last:  # the last layer: every row's encoder product, then one row
+            total += 2 * c * D * nh * N + 2 * nh * c * (N + D) + read / c
+            total += 2 * 2 * D * nh * N + 2 * D * V  # encoder_v, decoder; the LM head
     return batch * total
+
+
+def state_write_flops(config: BDHConfig, *, batch: int, context: int, chunk: int) -> float:
+    """Floating-point operations of the last chunk's deferred state write (q^T x per layer
+    and head, from the kept queries), paid after the first token."""
+    c = (context - 1) % chunk + 1
+    C = config
+    return batch * C.n_layer * 2 * C.n_head * C.neurons_per_head * c * C.n_embd
 
 
 def parallel_flops(config: BDHConfig, *, batch: int, context: int) -> float:

@@ -219,6 +219,8 @@ class _EngineSweep:
         row.repeats = len(measurements)
         row.prefill_tokens_per_s = Spread.of([m.prefill_tokens_per_s for m in measurements])
         row.ttft_ms = Spread.of([m.ttft_ms for m in measurements])
+        if row.new_tokens:
+            row.second_token_ms = Spread.of([m.second_token_ms for m in measurements])
         row.tpot_ms = Spread.of([m.tpot_ms for m in measurements])
         row.decode_tokens_per_s = Spread.of([m.decode_tokens_per_s for m in measurements])
         row.peak_memory_mb = max(m.peak_memory_mb for m in measurements)

@@ -43,3 +43,12 @@ def test_prefill_vs_parallel_reports_both_forms(monkeypatch: pytest.MonkeyPatch)
     for row in cells:
         prefill, parallel, ratio = float(row[1]), float(row[2]), float(row[3].rstrip("x"))
         assert ratio == pytest.approx(prefill / parallel, abs=0.01 + 0.05 * ratio)
+        write, second = float(row[4]), float(row[5])
+        assert 0 <= write <= second  # the second token carries the deferred state write
+        tokens_per_s, length = float(row[6].replace(",", "")), int(row[0])
+        # prefill ms is shown rounded to 0.1 ms
+        assert (
+            length * 1000 / (prefill + 0.06)
+            <= tokens_per_s
+            <= length * 1000 / max(prefill - 0.06, 1e-3)
+        )

@@ -19,6 +19,7 @@ from benchmark_api.roofline import (
     decode_traffic,
     parallel_flops,
     prefill_flops,
+    state_write_flops,
 )
 from core.engine import BDH
 from core.engine.training import TEMPLATES
@@ -128,11 +129,21 @@ def test_decode_traffic_counts_active_state_and_labels_residency() -> None:
     )  # the whole state, and every decoder row
 
 
-def test_prefill_flops_match_the_parallel_form_for_one_chunk() -> None:
+def test_prefill_flops_of_one_chunk_are_the_parallel_forms_less_the_last_layers_rows() -> None:
     config = TEMPLATES["bdh-tiny"].config
-    # One chunk from position 0 does the parallel form's work plus the state write q^T x.
-    nh, D, N = config.n_head, config.n_embd, config.neurons_per_head
-    extra = config.n_layer * 2 * nh * N * 64 * D
-    assert prefill_flops(config, batch=2, context=64, chunk=256) == pytest.approx(
-        parallel_flops(config, batch=2, context=64) + 2 * extra
+    # One chunk from position 0, up to the first token: the parallel form's work, except
+    # that the last layer's attention, encoder_v and decoder products and the LM head run
+    # for the last position only; the state write q^T x comes after the first token.
+    L, nh, D, N, V = 4, config.n_head, config.n_embd, config.neurons_per_head, config.vocab_size
+    assert config.n_layer == L
+    T = 64
+    skipped = (T - 1) * (2 * 2 * D * nh * N + 2 * D * V) + 2 * nh * (T * T - T) * (N + D)
+    assert prefill_flops(config, batch=2, context=T, chunk=256) == pytest.approx(
+        parallel_flops(config, batch=2, context=T) - 2 * skipped
+    )
+    assert state_write_flops(config, batch=2, context=T, chunk=256) == 2 * L * 2 * nh * N * T * D
+    # Beyond one chunk: earlier chunks write the state at once, the last one defers 44 tokens.
+    assert state_write_flops(config, batch=1, context=300, chunk=256) == L * 2 * nh * N * 44 * D
+    assert prefill_flops(config, batch=1, context=300, chunk=256) > prefill_flops(
+        config, batch=1, context=256, chunk=256
     )
