@@ -122,11 +122,14 @@ def measure_decode(
     seed: int = 0,
     prefill_chunk: int = 256,
     check_cancelled: Check | None = None,
+    scratch: torch.Tensor | None = None,
 ) -> DecodeMeasurement:
     """Time one prefill of `context` bytes and `new_tokens` decode steps of the batch.
 
     `check_cancelled` is called between prefill chunks and between decode steps; it stops the
-    measurement by raising.
+    measurement by raising. `scratch` (float32, `model.new_state(batch_size)` sized) is where
+    a prompt of one chunk keeps the queries of its deferred write, as a scheduler lane keeps
+    them in its prefill buffer: reused over measurements it is paged in once.
     """
     if mode not in ("recurrent", "recompute"):
         raise ValueError(f"unknown mode {mode!r}")
@@ -140,7 +143,7 @@ def measure_decode(
     started = time.perf_counter()
     write: StateWrite | None = None
     if mode == "recurrent":
-        logits, state, write = _prefill(model, idx, prefill_chunk, check)
+        logits, state, write = _prefill(model, idx, prefill_chunk, check, scratch)
     else:
         check()
         logits, state = model(idx)[0][:, -1], None
@@ -188,12 +191,13 @@ def measure_decode(
 
 
 def _prefill(
-    model: BDH, idx: torch.Tensor, chunk: int, check: Check
+    model: BDH, idx: torch.Tensor, chunk: int, check: Check, scratch: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, StateWrite]:
-    """What the scheduler runs up to the first token, chunk by chunk (a cancellation lands
-    between chunks): earlier chunks write the state, the last one gives the last logits
-    (B, V) and its deferred write. The state is None for a prompt of one chunk: the write
-    makes all of it."""
+    """What a scheduler lane runs up to the first token, chunk by chunk (a cancellation
+    lands between chunks): earlier chunks write the state, the last one gives the last
+    logits (B, V) and its deferred write, which keeps its queries (in `scratch` if given)
+    for a prompt of one chunk, and recomputes them after earlier chunks. The state is None
+    for a prompt of one chunk: the write makes all of it."""
     B, T = idx.size()
     if T == 0:
         raise ValueError("a context of at least one token is required")
@@ -204,7 +208,10 @@ def _prefill(
         assert state is not None
         model.absorb_chunk(idx[:, begin : begin + chunk], state, begin)
     check()
-    logits, write = model.prefill_last(idx[:, last:], state, last)
+    if last:
+        logits, write = model.prefill_last(idx[:, last:], state, last, keep_bytes=0)
+    else:
+        logits, write = model.prefill_last(idx, None, 0, scratch=scratch)
     return logits, state, write
 
 
@@ -231,8 +238,10 @@ def measure_repeats(
     prefill_chunk: int = 256,
     check_cancelled: Check | None = None,
 ) -> list[DecodeMeasurement]:
-    """`warmup` untimed measurements, then `repeats` timed ones (each with its own context)."""
+    """`warmup` untimed measurements, then `repeats` timed ones (each with its own context),
+    sharing one scratch for the queries of the deferred state write, as a lane does."""
     results = []
+    scratch = model.new_state(batch_size) if mode == "recurrent" else None  # paged in
     for i in range(warmup + repeats):
         measurement = measure_decode(
             model,
@@ -243,6 +252,7 @@ def measure_repeats(
             seed=seed + i,
             prefill_chunk=prefill_chunk,
             check_cancelled=check_cancelled,
+            scratch=scratch,
         )
         if i >= warmup:
             results.append(measurement)
@@ -264,7 +274,8 @@ def memory_needed(
     """Rough peak bytes of one measurement beyond the weights, float32.
 
     Recompute holds the (B, nh, T, T) attention scores (and their masked copy) of the full
-    sequence; recurrent holds the state plus one prefill chunk's scores and activations.
+    sequence; recurrent holds the state, the scratch of the deferred state write's queries
+    (one state's worth) and one prefill chunk's scores and activations.
     """
     nh, D, N = config.n_head, config.n_embd, config.neurons_per_head
     if mode == "recompute":
@@ -272,7 +283,7 @@ def memory_needed(
         return 4 * batch_size * nh * (2 * T * T + 4 * T * N + T * D)
     C = min(prefill_chunk, context)
     state = config.state_numel() * STATE_BYTES_PER_FLOAT
-    return batch_size * (state + 4 * nh * (2 * C * C + 4 * C * N + C * D))
+    return batch_size * (2 * state + 4 * nh * (2 * C * C + 4 * C * N + C * D))
 
 
 def free_memory(device: torch.device) -> int:

@@ -152,6 +152,11 @@ class Lane:
         self._pool: SlotPool[RunningSequence] = SlotPool(
             lm.model.new_state, max_slots=slots, initial_slots=slots, name=lm.name
         )
+        # The budgeted prefill state, kept from prompt to prompt (already paged in): a long
+        # prompt's state until it is seated, or a one-chunk prompt's kept queries until
+        # its state is written. One user at a time (see `_buffer`).
+        self._prefill_buffer: torch.Tensor | None = None  # (n_layer, 1, nh, N, D)
+        self._buffer_user: Request | None = None
         self._step_tokens = 0
         # Requests that ended this step; their streams end once the slots are freed and the
         # load published, so a consumer that saw the end also sees the slots back in stats.
@@ -221,6 +226,12 @@ class Lane:
             running_requests=len({id(s.request) for s in running}),
             prefilling=len(self._prefilling),
             prefill_states=sum(1 for r in self._prefilling if r.state is not None),
+            prefill_allocated=(self._prefill_buffer is not None)
+            + sum(
+                1
+                for r in self._prefilling
+                if r.state is not None and r.state is not self._prefill_buffer
+            ),
             slots=self._pool.capacity,
         )
         closing, self._closing = self._closing, []
@@ -251,19 +262,22 @@ class Lane:
                 chunk = torch.tensor([ids[begin:end]], device=self.lm.device)  # (1, C)
                 spent += end - begin
                 if end < len(ids):  # not the last chunk: it writes the state at once
-                    if request.state is None:  # on first use: 201 MB for bdh-official
+                    if request.state is None:  # 201 MB for bdh-official
                         # The first chunk starts at position 0 and writes the whole state.
-                        request.state = model.new_state(1, zeroed=False)
+                        request.state = self._buffer(request)
                     model.absorb_chunk(chunk, request.state, begin)
                     request.prefilled = end
                     self._stats.prompt_read(end - begin)
                     continue
                 # The last chunk: logits first, its state write after the first token. A
                 # prompt of one chunk holds no state meanwhile, only the queries the write
-                # needs (at most one state's worth); a longer one holds its state, so its
+                # needs, in the prefill buffer; a longer one holds its state there, so its
                 # write recomputes them and the lane stays within its budgeted prefill state.
-                keep = None if request.state is None else 0
-                logits, write = model.prefill_last(chunk, request.state, begin, keep_bytes=keep)
+                if request.state is None:
+                    scratch = self._buffer(request)
+                    logits, write = model.prefill_last(chunk, None, begin, scratch=scratch)
+                else:
+                    logits, write = model.prefill_last(chunk, request.state, begin, keep_bytes=0)
                 request.prefilled = end
                 self._stats.prompt_read(end - begin)
                 self._start_decoding(request, logits[0], write)
@@ -289,7 +303,25 @@ class Lane:
             write.apply(slot)
 
         going_on = [d for d in request.decoders if not d.finished]
-        self._pool.seat_filled([RunningSequence(request, d, now) for d in going_on], fill)
+        try:
+            self._pool.seat_filled([RunningSequence(request, d, now) for d in going_on], fill)
+        finally:
+            self._release_buffer(request)
+
+    def _buffer(self, request: Request) -> torch.Tensor:
+        """The lane's prefill buffer for `request` (made on first use, kept after); a fresh
+        state should another request still hold it (the lane reads one prompt at a time
+        across steps, so it does not)."""
+        if self._buffer_user not in (None, request):
+            return self.lm.model.new_state(1, zeroed=False)
+        if self._prefill_buffer is None:
+            self._prefill_buffer = self.lm.model.new_state(1, zeroed=False)
+        self._buffer_user = request
+        return self._prefill_buffer
+
+    def _release_buffer(self, request: Request) -> None:
+        if self._buffer_user is request:
+            self._buffer_user = None
 
     def _decode(self) -> None:
         """One batched decode step over every running sequence of this lane."""
@@ -337,6 +369,7 @@ class Lane:
     ) -> None:
         """Finish every unfinished choice of an admitted request that leaves early."""
         request.state = None
+        self._release_buffer(request)
         self._admission.retire(self, request.live)
         request.live = 0
         for decoder in request.decoders:
@@ -374,6 +407,8 @@ class Lane:
         requests = {id(s.request): s.request for s in self._pool.items}
         requests.update({id(r): r for r in self._prefilling})
         self._pool.clear(free=free)
+        if free:
+            self._prefill_buffer = None
         self._prefilling.clear()
         for request in requests.values():
             self._end_request(request, reason, error)

@@ -235,6 +235,7 @@ class BDH(nn.Module):
         start_pos: int,
         *,
         keep_bytes: int | None = None,
+        scratch: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, StateWrite]:
         """A prompt's last chunk (B, C): the last position's logits (B, V), soonest.
 
@@ -245,12 +246,15 @@ class BDH(nn.Module):
         position (its attention row, ys, decoder product) and the LM head reads one row.
         The write holds each layer's input x (B, C, D) and, up to `keep_bytes` (default one
         state's worth for B sequences), the layers' float32 queries q (B, nh, C, N); the
-        other layers recompute q from x when it writes.
+        other layers recompute q from x when it writes. With `scratch` (float32), the kept
+        queries are copied into it, as far as it holds them, instead (see `StateWrite`).
         """
         if keep_bytes is None:
             keep_bytes = idx.size(0) * self.config.state_numel() * 4
         phases = self._phases(start_pos, idx.size(1), idx.device)
-        write = StateWrite(start_pos, lambda x: self._queries(x, phases)[1].float(), keep_bytes)
+        write = StateWrite(
+            start_pos, lambda x: self._queries(x, phases)[1].float(), keep_bytes, scratch
+        )
         logits = self._chunk(idx, state, start_pos, rows="last", defer=write)
         assert logits is not None
         return logits[:, -1], write

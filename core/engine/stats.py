@@ -56,6 +56,7 @@ class LaneLoad:
     running_requests: int = 0  # requests with a sequence in decode slots
     prefilling: int = 0  # requests whose prompt is being read
     prefill_states: int = 0  # prefilling requests that hold a state (at most one)
+    prefill_allocated: int = 0  # prefill states allocated: the lane's kept buffer (0 or 1)
     slots: int = 0  # allocated state slots
 
 
@@ -205,7 +206,7 @@ class StatsRecorder:
             state_memory_in_use=plan.state_bytes
             * sum(load.running + load.prefill_states for load in loads),
             state_memory_allocated=plan.state_bytes
-            * sum(load.slots + load.prefill_states for load in loads),
+            * sum(load.slots + load.prefill_allocated for load in loads),
             total_requests=totals[0],
             finished_requests=totals[1],
             aborted_requests=totals[2],

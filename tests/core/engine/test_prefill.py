@@ -34,7 +34,7 @@ def test_the_last_logits_match_the_parallel_form(nano: BDH, T: int, chunk: int) 
 
 
 @pytest.mark.parametrize("T", [1, 40, 256, 300])
-@pytest.mark.parametrize("keep", [None, 0, "one layer"])
+@pytest.mark.parametrize("keep", [None, 0, "one layer", "scratch", "scratch for one layer"])
 def test_the_deferred_write_gives_the_eager_state_bit_for_bit(
     nano: BDH, T: int, keep: int | str | None
 ) -> None:
@@ -52,10 +52,18 @@ def test_the_deferred_write_gives_the_eager_state_bit_for_bit(
     before = state.clone()
     c = nano.config
     layer_bytes = 2 * c.n_head * (T - last) * c.neurons_per_head * 4
+    scratch = None
+    if keep == "scratch":  # as a lane keeps them: in its prefill buffer (garbage before)
+        scratch = nano.new_state(2, zeroed=False).fill_(float("nan"))
+    elif keep == "scratch for one layer":
+        scratch = torch.full((layer_bytes // 4 + 3,), float("nan"))
     keep_bytes = layer_bytes if keep == "one layer" else keep
-    assert keep_bytes is None or isinstance(keep_bytes, int)
-    logits, write = nano.prefill_last(idx[:, last:], state, last, keep_bytes=keep_bytes)
-    if keep == "one layer":
+    assert keep_bytes is None or isinstance(keep_bytes, int) or scratch is not None
+    logits, write = nano.prefill_last(
+        idx[:, last:], state, last, keep_bytes=None if scratch is not None else keep_bytes,
+        scratch=scratch,
+    )  # fmt: skip
+    if keep in ("one layer", "scratch for one layer"):
         assert write.kept_bytes == layer_bytes  # the other layer recomputes its queries
     # read, not written
     assert torch.equal(state, before) if last else bool(state.isnan().all())
@@ -81,6 +89,13 @@ def test_kept_queries_stay_within_their_bytes(nano: BDH) -> None:
     big = _prompt(1, nano.config.n_embd, seed=4)
     _, write = nano.prefill_last(big, None, 0)
     assert write.kept_bytes == nano.config.state_numel() * 4
+
+
+def test_scratch_must_be_contiguous_float32(nano: BDH) -> None:
+    idx = _prompt(1, 4, seed=9)
+    for bad in (torch.zeros(64, dtype=torch.float64), torch.zeros(8, 8).t()):
+        with pytest.raises(ValueError, match="scratch"):
+            nano.prefill_last(idx, None, 0, scratch=bad)
 
 
 def test_a_later_chunk_needs_the_state_it_reads(nano: BDH) -> None:

@@ -159,6 +159,23 @@ def test_a_request_that_ends_at_its_first_token_writes_no_state(
     assert writes == [1]
 
 
+def test_a_lane_reuses_one_prefill_buffer_for_every_prompt(lm: LanguageModel) -> None:
+    scheduler = Scheduler(lm, max_batch=2, max_waiting=4, lanes=1).start()
+    try:
+        params = SamplingParams(max_tokens=3, temperature=0.0)
+        for prompt in ["Hi", "x" * 600, "Hello", "y" * 300]:  # one chunk or several
+            output = scheduler.submit(ids(prompt), params).collect_sync(WAIT_S)[0]
+            assert output.token_ids == lm.complete([prompt], params)[0].token_ids
+        wait_until(lambda: scheduler.stats().running == 0)
+        stats = scheduler.stats()
+        assert stats.state_memory_in_use == 0
+        # Two slots and the one kept prefill buffer: within the budget's prefill state.
+        assert stats.state_memory_allocated == 3 * stats.state_bytes_per_sequence
+    finally:
+        scheduler.stop(timeout=WAIT_S)
+    assert scheduler.stats().state_memory_allocated == 0
+
+
 def test_concurrent_seeded_requests_equal_each_alone(
     lm: LanguageModel, start: Callable[..., Scheduler]
 ) -> None:
