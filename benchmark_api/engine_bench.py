@@ -195,9 +195,8 @@ def _prefill(
 ) -> tuple[torch.Tensor, torch.Tensor | None, StateWrite]:
     """What a scheduler lane runs up to the first token, chunk by chunk (a cancellation
     lands between chunks): earlier chunks write the state, the last one gives the last
-    logits (B, V) and its deferred write, which keeps its queries (in `scratch` if given)
-    for a prompt of one chunk, and recomputes them after earlier chunks. The state is None
-    for a prompt of one chunk: the write makes all of it."""
+    logits (B, V) and its deferred write, which keeps its queries (in `scratch` if given).
+    The state is None for a prompt of one chunk: the write makes all of it."""
     B, T = idx.size()
     if T == 0:
         raise ValueError("a context of at least one token is required")
@@ -208,10 +207,7 @@ def _prefill(
         assert state is not None
         model.absorb_chunk(idx[:, begin : begin + chunk], state, begin)
     check()
-    if last:
-        logits, write = model.prefill_last(idx[:, last:], state, last, keep_bytes=0)
-    else:
-        logits, write = model.prefill_last(idx, None, 0, scratch=scratch)
+    logits, write = model.prefill_last(idx[:, last:], state, last, scratch=scratch)
     return logits, state, write
 
 

@@ -269,24 +269,32 @@ class Lane:
                     request.prefilled = end
                     self._stats.prompt_read(end - begin)
                     continue
-                # The last chunk: logits first, its state write after the first token. A
-                # prompt of one chunk holds no state meanwhile, only the queries the write
-                # needs, in the prefill buffer; a longer one holds its state there, so its
-                # write recomputes them and the lane stays within its budgeted prefill state.
-                if request.state is None:
-                    scratch = self._buffer(request)
-                    logits, write = model.prefill_last(chunk, None, begin, scratch=scratch)
-                else:
-                    logits, write = model.prefill_last(chunk, request.state, begin, keep_bytes=0)
+                # The last chunk: logits first, its state write after the first token; the
+                # write's queries are kept in the prefill buffer. A longer prompt's state
+                # moves out of the buffer first, into the slot its sequence will take.
+                reserved = None
+                if request.state is not None:
+                    reserved = self._pool.reserve()
+                    reserved.copy_(request.state)
+                    request.state = None
+                scratch = self._buffer(request)
+                logits, write = model.prefill_last(chunk, reserved, begin, scratch=scratch)
                 request.prefilled = end
                 self._stats.prompt_read(end - begin)
-                self._start_decoding(request, logits[0], write)
+                self._start_decoding(request, logits[0], write, reserved)
             self._prefilling.remove(request)
 
-    def _start_decoding(self, request: Request, logits: torch.Tensor, write: StateWrite) -> None:
+    def _start_decoding(
+        self,
+        request: Request,
+        logits: torch.Tensor,
+        write: StateWrite,
+        reserved: torch.Tensor | None,
+    ) -> None:
         """Sample each choice's first token from the prompt's logits (V,) and deliver it
         (that is the time to first token); then write the prompt's last chunk into the state
-        of the choices that go on, straight into the first one's slot, and seat them."""
+        of the choices that go on, straight into the first one's slot (`reserved` already
+        holds the earlier chunks' state, if any), and seat them."""
         now = time.monotonic()
         request.stream.first_token_time = now
         self._stats.first_token(now - request.stream.submitted_at)
@@ -294,13 +302,11 @@ class Lane:
         texts = accept_rows(request.decoders, logits)
         for decoder, text in zip(request.decoders, texts, strict=True):
             self._deliver(request, decoder, text)
-        earlier = request.state  # earlier chunks' state, or None: the write makes all of it
-        request.state = None
 
-        def fill(slot: torch.Tensor) -> None:
-            if earlier is not None:
-                slot.copy_(earlier)
-            write.apply(slot)
+        def fill(slot: torch.Tensor) -> None:  # `reserved` is this slot: nothing else sat
+            if reserved is not None and slot.data_ptr() != reserved.data_ptr():
+                slot.copy_(reserved)
+            write.apply(slot)  # without `reserved`, position 0: it writes all of the state
 
         going_on = [d for d in request.decoders if not d.finished]
         try:
@@ -309,9 +315,10 @@ class Lane:
             self._release_buffer(request)
 
     def _buffer(self, request: Request) -> torch.Tensor:
-        """The lane's prefill buffer for `request` (made on first use, kept after); a fresh
-        state should another request still hold it (the lane reads one prompt at a time
-        across steps, so it does not)."""
+        """The lane's prefill buffer for `request` (made on first use, kept after): a long
+        prompt's state until its last chunk, then the queries of that chunk's deferred
+        write. A fresh state should another request still hold it (the lane reads one
+        prompt at a time across steps, so it does not)."""
         if self._buffer_user not in (None, request):
             return self.lm.model.new_state(1, zeroed=False)
         if self._prefill_buffer is None:

@@ -91,8 +91,12 @@ def rope_cos_sin(phases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rope(phases: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Rotate neuron pairs of v by 2*pi*frac(phases); v_rot interleaves (-v[2i+1], v[2i])."""
+    return rotate(v, *rope_cos_sin(phases))
+
+
+def rotate(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`rope` with its angles' cos and sin already made (the same for every layer)."""
     v_rot = torch.stack((-v[..., 1::2], v[..., ::2]), dim=-1).view(*v.size())
-    cos, sin = rope_cos_sin(phases)
     return (v * cos).to(v.dtype) + (v_rot * sin).to(v.dtype)
 
 
@@ -251,23 +255,28 @@ class BDH(nn.Module):
         """
         if keep_bytes is None:
             keep_bytes = idx.size(0) * self.config.state_numel() * 4
-        phases = self._phases(start_pos, idx.size(1), idx.device)
+        angles = self._angles(start_pos, idx.size(1), idx.device)
         write = StateWrite(
-            start_pos, lambda x: self._queries(x, phases)[1].float(), keep_bytes, scratch
+            start_pos, lambda x: self._queries(x, angles)[1].float(), keep_bytes, scratch
         )
         logits = self._chunk(idx, state, start_pos, rows="last", defer=write)
         assert logits is not None
         return logits[:, -1], write
 
-    def _phases(self, start_pos: int, T: int, device: torch.device) -> torch.Tensor:
-        """RoPE phases (1, 1, T, N) of positions start_pos..start_pos+T-1."""
+    def _angles(
+        self, start_pos: int, T: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (1, 1, T, N) of the RoPE angles of positions start_pos.., made once
+        for all layers (the parallel form makes them per layer: the same values)."""
         positions = torch.arange(start_pos, start_pos + T, device=device, dtype=torch.float32)
-        return positions.view(1, 1, T, 1) * self.freqs.view(1, 1, 1, -1)
+        return rope_cos_sin(positions.view(1, 1, T, 1) * self.freqs.view(1, 1, 1, -1))
 
-    def _queries(self, x: torch.Tensor, phases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _queries(
+        self, x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """xs = relu(x @ encoder) and q = rope(xs), (B, nh, T, N) each, for a layer's x."""
         xs = F.relu(x @ self.encoder)
-        return xs, rope(phases, xs)
+        return xs, rotate(xs, *angles)
 
     def _chunk(
         self,
@@ -290,10 +299,10 @@ class BDH(nn.Module):
         D = C.n_embd
         if start_pos and state is None:
             raise ValueError("a chunk after position 0 reads the state: pass it")
-        phases = self._phases(start_pos, T, idx.device)  # (1, 1, T, N)
+        angles = self._angles(start_pos, T, idx.device)  # (1, 1, T, N) each
         x = layer_norm(self.embed(idx).unsqueeze(1))  # (B, 1, T, D)
         for layer in range(C.n_layer):
-            xs, q = self._queries(x, phases)  # (B, nh, T, N)
+            xs, q = self._queries(x, angles)  # (B, nh, T, N)
             q32 = q.float()
             S = state[layer] if start_pos and state is not None else None  # earlier chunks
             if rows == "last" and layer == C.n_layer - 1:  # only the last position from here

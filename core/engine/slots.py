@@ -66,6 +66,14 @@ class SlotPool(Generic[_T]):
         self._tensor[:, slot].copy_(state[:, 0])
         self.items.append(item)
 
+    def reserve(self) -> torch.Tensor:
+        """The next free slot's state, (n_layer, 1, nh, N, D), before anything is seated in
+        it: the next `seat` or `seat_filled` takes that very slot (growing the pool now if
+        it is full), so a caller may start writing the state there first."""
+        slot = self._claim()
+        assert self._tensor is not None
+        return self._tensor[:, slot : slot + 1]
+
     def seat_filled(self, items: Sequence[_T], fill: Callable[[torch.Tensor], None]) -> None:
         """Append `items`, which start from one state: `fill(view)` writes it straight into
         the first one's slot (a (n_layer, 1, nh, N, D) view of the pool, old contents

@@ -14,10 +14,10 @@ on each lane,
   `max_batch` choices; on the CPU a slot's pages are committed only once a sequence uses it;
 - one prefill state: a lane reads at most one prompt across steps (the others of a step
   finish and are seated before the next starts), into a state of its own until it is seated.
-  A prompt's last chunk defers its state write past the first token (`BDH.prefill_last`):
-  a prompt of one chunk holds no state meanwhile, only the queries of that write (at most
-  one state's worth, in the prefill state's place), and writes straight into its slot; a
-  longer prompt holds its prefill state and keeps no queries (its write recomputes them).
+  The lane keeps it as a buffer from prompt to prompt (paged in once). A prompt's last
+  chunk defers its state write past the first token (`BDH.prefill_last`) and keeps that
+  write's queries (at most one state's worth) in the buffer: a longer prompt's state has
+  moved by then into the slot its sequence takes, and the write goes straight there.
 
 So `sequences = min(max_batch, budget // state_bytes // lanes - 1)`. Lanes are a CPU
 throughput device (`core.engine.lane`); where they would cost sequences, the scheduler runs
