@@ -17,8 +17,9 @@ level's batch size, in this process (the server idle meanwhile), on the same mod
 same decode threads (one per core), at context 256 as `make bench`'s decode-vs-batch table
 (`serving_cpu.EngineReference`); each level's tokens/s is reported against its median. And
 where the cores went: per level, the CPU seconds of the load generator (this process), of the
-/health prober, of the server's event-loop thread and of its other threads (the lanes), as
-cores busy over the level's wall time and as CPU per output token beside the engine's own.
+/health prober, of the server's event-loop thread and of its other threads (the lanes), and
+what the rest of the machine took meanwhile (on a shared machine, neighbours' work), as cores
+busy over the level's wall time, and the server's CPU per output token beside the engine's.
 Then the same for an untrained model of each of `--templates` (made in a temporary models
 directory), at `--template-levels`. Every ratio compares numbers measured side by side in this
 run.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -227,7 +229,7 @@ def measure_level(
     level.health_s += latencies
     prober.join(timeout=10)
     if cpu is not None:
-        cpu = CpuShare(cpu.wall_s, cpu.client_s, cpu.loop_s, cpu.engine_s, prober_s)
+        cpu = dataclasses.replace(cpu, prober_s=prober_s)
     level.add_round(outcomes, duration, cpu)
 
 
@@ -289,16 +291,15 @@ def cpu_report(levels: list[LevelRounds], engine: EngineReference | None) -> Non
     cores = os.cpu_count() or 1
     table = Table(
         title=f"Where the {cores} cores went (cores busy over each level's wall time, all "
-        "rounds; CPU per output token in ms)"
+        "rounds; others: the rest of the machine meanwhile; CPU per output token in ms)"
     )
     columns = ["clients", "load generator", "/health prober", "server loop", "server lanes"]
-    columns += ["all", "idle", "server ms/token", "engine ms/token", "engine / server"]
+    columns += ["ours", "others", "idle", "server ms/token", "engine ms/token", "engine / server"]
     for column in columns:
         table.add_column(column, justify="right")
     engine_ms = engine.median_cpu_s_per_token * 1000 if engine is not None else 0.0
     for level in levels:
         cpu, tokens = level.cpu, max(level.output_tokens, 1)
-        busy = cpu.client_s + cpu.prober_s + cpu.server_s
         server_ms = cpu.server_s * 1000 / tokens
         table.add_row(
             str(level.clients),
@@ -306,8 +307,9 @@ def cpu_report(levels: list[LevelRounds], engine: EngineReference | None) -> Non
             f"{cpu.cores(cpu.prober_s):.2f}" if cpu.prober_s else "-",
             f"{cpu.cores(cpu.loop_s):.2f}",
             f"{cpu.cores(cpu.engine_s):.2f}",
-            f"{cpu.cores(busy):.2f}",
-            f"{max(cores - cpu.cores(busy), 0):.2f}",
+            f"{cpu.cores(cpu.ours_s):.2f}",
+            f"{cpu.cores(cpu.others_s):.2f}",
+            f"{max(cores - cpu.cores(max(cpu.machine_s, cpu.ours_s)), 0):.2f}",
             f"{server_ms:.3f}",
             f"{engine_ms:.3f}" if engine_ms else "-",
             f"{engine_ms / server_ms:.0%}" if engine_ms and server_ms else "-",
@@ -318,7 +320,8 @@ def cpu_report(levels: list[LevelRounds], engine: EngineReference | None) -> Non
     console.print(
         f"at {levels[-1].clients} streams the load generator and the prober took "
         f"{top.cores(others):.2f} of the {cores} cores; the server "
-        f"{top.cores(top.server_s):.2f} ({top.cores(top.loop_s):.2f} on its event loop). "
+        f"{top.cores(top.server_s):.2f} ({top.cores(top.loop_s):.2f} on its event loop); "
+        f"other processes {top.cores(top.others_s):.2f}. "
         "'engine / server' is the engine's own CPU per token over the server's: the share of "
         "the engine's figure the server would reach with every core to itself"
     )

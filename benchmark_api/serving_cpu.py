@@ -4,12 +4,14 @@
 server's event-loop thread (uvicorn runs its loop on the main thread, whose thread id is the
 process id) and by the server's other threads (the scheduler's lanes: decode, sampling and
 delivery, plus the decode helpers and the store); the difference of two readings is a
-`CpuShare`. `engine_reference` is the engine's own batch decode throughput, measured in this
+`CpuShare`, beside what the whole machine was busy with (neighbours' work shows there).
+`EngineReference` is the engine's own batch decode throughput, measured in this
 process on the same model, so that the serving figures have a ceiling taken side by side.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -33,19 +35,24 @@ class CpuShare:
     loop_s: float = 0.0  # the server's event-loop thread: HTTP, SSE chunks, the stream bridge
     engine_s: float = 0.0  # the server's other threads: lanes (decode, sampling), helpers
     prober_s: float = 0.0  # the /health prober's process, when one ran
+    machine_s: float = 0.0  # every process on the machine (all CPUs busy, system-wide)
 
     def __add__(self, other: CpuShare) -> CpuShare:
-        return CpuShare(
-            self.wall_s + other.wall_s,
-            self.client_s + other.client_s,
-            self.loop_s + other.loop_s,
-            self.engine_s + other.engine_s,
-            self.prober_s + other.prober_s,
-        )
+        pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+        return CpuShare(*(a + b for a, b in pairs))
 
     @property
     def server_s(self) -> float:
         return self.loop_s + self.engine_s
+
+    @property
+    def ours_s(self) -> float:
+        return self.client_s + self.prober_s + self.server_s
+
+    @property
+    def others_s(self) -> float:
+        """What other processes took meanwhile: on a shared machine, neighbours' work."""
+        return max(self.machine_s - self.ours_s, 0.0)
 
     def cores(self, seconds: float) -> float:
         """`seconds` of CPU as a number of cores busy over the wall time."""
@@ -60,21 +67,23 @@ class CpuClock:
         self._pid = server_pid
         self._last = self._read()
 
-    def _read(self) -> tuple[float, float, float, float]:
+    def _read(self) -> tuple[float, float, float, float, float]:
         total = self._server.cpu_times()  # includes threads that have ended
         loop = next(
             (t.user_time + t.system_time for t in self._server.threads() if t.id == self._pid),
             0.0,
         )
         engine = total.user + total.system - loop
-        return time.perf_counter(), time.process_time(), loop, engine
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        return time.perf_counter(), time.process_time(), loop, engine, busy
 
     def lap(self, prober_s: float = 0.0) -> CpuShare:
         """The CPU taken since the last reading (or since the clock was made)."""
         now = self._read()
         then, self._last = self._last, now
-        wall, client, loop, engine = (a - b for a, b in zip(now, then, strict=True))
-        return CpuShare(wall, client, loop, engine, prober_s)
+        wall, client, loop, engine, machine = (a - b for a, b in zip(now, then, strict=True))
+        return CpuShare(wall, client, loop, engine, prober_s, machine)
 
 
 @dataclass

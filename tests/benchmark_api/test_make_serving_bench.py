@@ -101,7 +101,7 @@ def test_the_report_holds_levels_against_the_engine_and_shows_the_cpu(
     printed = capsys.readouterr().out
     assert "vs engine" in printed and "engine alone, batch 2 (median of 2" in printed
     assert "200 tok/s" in printed
-    assert "Where the" in printed and "load generator" in printed
+    assert "Where the" in printed and "load generator" in printed and "others" in printed
 
 
 def test_an_untrained_template_model_is_made_to_serve(tmp_path: Path) -> None:
