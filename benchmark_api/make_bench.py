@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -34,7 +35,8 @@ from core.engine import BDH, kernels, load_model
 from core.engine.language_model import LanguageModel
 from core.engine.training import get_template
 
-console = Console()
+# Piped to a file, a table is laid out 120 wide (rich's default of 80 cuts figures short).
+console = Console() if sys.stdout.isatty() else Console(width=120)
 
 
 def decode_vs_context(lm, contexts: list[int], recompute_max: int, new_tokens: int) -> None:  # type: ignore[no-untyped-def]
