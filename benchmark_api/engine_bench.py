@@ -123,13 +123,16 @@ def measure_decode(
     prefill_chunk: int = 256,
     check_cancelled: Check | None = None,
     scratch: torch.Tensor | None = None,
+    slot: torch.Tensor | None = None,
 ) -> DecodeMeasurement:
     """Time one prefill of `context` bytes and `new_tokens` decode steps of the batch.
 
     `check_cancelled` is called between prefill chunks and between decode steps; it stops the
     measurement by raising. `scratch` (float32, `model.new_state(batch_size)` sized) is where
     a prompt of one chunk keeps the queries of its deferred write, as a scheduler lane keeps
-    them in its prefill buffer: reused over measurements it is paged in once.
+    them in its prefill buffer: reused over measurements it is paged in once. `slot` (the
+    same size) is the state the prompt is read into and decoded from, as a lane's slot, paged
+    in likewise; without it a fresh state is made (its first touch then lands in the times).
     """
     if mode not in ("recurrent", "recompute"):
         raise ValueError(f"unknown mode {mode!r}")
@@ -143,7 +146,7 @@ def measure_decode(
     started = time.perf_counter()
     write: StateWrite | None = None
     if mode == "recurrent":
-        logits, state, write = _prefill(model, idx, prefill_chunk, check, scratch)
+        logits, state, write = _prefill(model, idx, prefill_chunk, check, scratch, slot)
     else:
         check()
         logits, state = model(idx)[0][:, -1], None
@@ -162,7 +165,7 @@ def measure_decode(
         _sync(device)
         t0 = time.perf_counter()
         if write is not None:  # before the first decode step: the state it reads
-            state = _write_state(model, write, state, batch_size)
+            state = _write_state(model, write, state if state is not None else slot, batch_size)
             write = None
             _sync(device)
             write_s = time.perf_counter() - t0
@@ -191,7 +194,12 @@ def measure_decode(
 
 
 def _prefill(
-    model: BDH, idx: torch.Tensor, chunk: int, check: Check, scratch: torch.Tensor | None
+    model: BDH,
+    idx: torch.Tensor,
+    chunk: int,
+    check: Check,
+    scratch: torch.Tensor | None,
+    slot: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, StateWrite]:
     """What a scheduler lane runs up to the first token, chunk by chunk (a cancellation
     lands between chunks): earlier chunks write the state, the last one gives the last
@@ -201,7 +209,9 @@ def _prefill(
     if T == 0:
         raise ValueError("a context of at least one token is required")
     last = (T - 1) // chunk * chunk  # where the last chunk begins
-    state = model.new_state(B, idx.device, zeroed=False) if last else None  # (L, B, nh, N, D)
+    state = None  # (L, B, nh, N, D), for the earlier chunks
+    if last:
+        state = slot if slot is not None else model.new_state(B, idx.device, zeroed=False)
     for begin in range(0, last, chunk):
         check()
         assert state is not None
@@ -235,9 +245,12 @@ def measure_repeats(
     check_cancelled: Check | None = None,
 ) -> list[DecodeMeasurement]:
     """`warmup` untimed measurements, then `repeats` timed ones (each with its own context),
-    sharing one scratch for the queries of the deferred state write, as a lane does."""
+    sharing one scratch for the queries of the deferred state write and one state, as a
+    lane keeps its prefill buffer and slots."""
     results = []
-    scratch = model.new_state(batch_size) if mode == "recurrent" else None  # paged in
+    recurrent = mode == "recurrent"
+    scratch = model.new_state(batch_size) if recurrent else None  # paged in
+    slot = model.new_state(batch_size) if recurrent else None
     for i in range(warmup + repeats):
         measurement = measure_decode(
             model,
@@ -249,6 +262,7 @@ def measure_repeats(
             prefill_chunk=prefill_chunk,
             check_cancelled=check_cancelled,
             scratch=scratch,
+            slot=slot,
         )
         if i >= warmup:
             results.append(measurement)
