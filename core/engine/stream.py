@@ -13,6 +13,7 @@ events rather than an ever longer queue. An async consumer waits on a future its
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import dataclasses
@@ -43,12 +44,13 @@ class StreamEvent:
     finish_reason: str | None = None
 
 
-class AbortsOnExit:
+class AbortsOnExit(abc.ABC):
     """`with` and `async with` end the work in flight when the block is left early: `__exit__`
     calls `abort()`, a no-op for work already finished."""
 
+    @abc.abstractmethod
     def abort(self) -> None:
-        raise NotImplementedError
+        """End the work in flight (from any thread); a no-op once it has finished."""
 
     def __enter__(self) -> Self:
         return self
