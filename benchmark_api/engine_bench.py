@@ -165,7 +165,8 @@ def measure_decode(
         _sync(device)
         t0 = time.perf_counter()
         if write is not None:  # before the first decode step: the state it reads
-            state = _write_state(model, write, state if state is not None else slot, batch_size)
+            assert state is not None
+            write.apply(state)
             write = None
             _sync(device)
             write_s = time.perf_counter() - t0
@@ -200,35 +201,17 @@ def _prefill(
     check: Check,
     scratch: torch.Tensor | None,
     slot: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None, StateWrite]:
-    """What a scheduler lane runs up to the first token, chunk by chunk (a cancellation
-    lands between chunks): earlier chunks write the state, the last one gives the last
-    logits (B, V) and its deferred write, which keeps its queries (in `scratch` if given).
-    The state is None for a prompt of one chunk: the write makes all of it."""
+) -> tuple[torch.Tensor, torch.Tensor, StateWrite]:
+    """What a scheduler lane runs up to the first token (`BDH.prefill_deferred`), with a
+    cancellation check before each chunk: the last logits (B, V), the prompt's state (`slot`
+    if given; the earlier chunks are in it) and the last chunk's deferred write, which keeps
+    its queries (in `scratch` if given)."""
     B, T = idx.size()
     if T == 0:
         raise ValueError("a context of at least one token is required")
-    last = (T - 1) // chunk * chunk  # where the last chunk begins
-    state = None  # (L, B, nh, N, D), for the earlier chunks
-    if last:
-        state = slot if slot is not None else model.new_state(B, idx.device, zeroed=False)
-    for begin in range(0, last, chunk):
-        check()
-        assert state is not None
-        model.absorb_chunk(idx[:, begin : begin + chunk], state, begin)
-    check()
-    logits, write = model.prefill_last(idx[:, last:], state, last, scratch=scratch)
+    state = slot if slot is not None else model.new_state(B, idx.device, zeroed=False)
+    logits, write = model.prefill_deferred(idx, state, 0, chunk, scratch=scratch, between=check)
     return logits, state, write
-
-
-def _write_state(
-    model: BDH, write: StateWrite, state: torch.Tensor | None, batch_size: int
-) -> torch.Tensor:
-    """The deferred write, into the prompt's state (made now for a prompt of one chunk)."""
-    if state is None:
-        state = model.new_state(batch_size, model.lm_head.device, zeroed=False)
-    write.apply(state)
-    return state
 
 
 def measure_repeats(

@@ -207,12 +207,34 @@ class BDH(nn.Module):
             ]
             logits = torch.cat(outputs, dim=1)
             return (logits if all_logits else logits[:, -1]), state
-        last = (T - 1) // chunk_size * chunk_size  # where the last chunk begins
-        for begin in range(0, last, chunk_size):
-            self.absorb_chunk(idx[:, begin : begin + chunk_size], state, start_pos + begin)
-        logits, write = self.prefill_last(idx[:, last:], state, start_pos + last)
+        logits, write = self.prefill_deferred(idx, state, start_pos, chunk_size)
         write.apply(state)
         return logits, state
+
+    @torch.no_grad()
+    def prefill_deferred(
+        self,
+        idx: torch.Tensor,
+        state: torch.Tensor,
+        start_pos: int = 0,
+        chunk_size: int = 256,
+        *,
+        scratch: torch.Tensor | None = None,
+        between: Callable[[], None] | None = None,
+    ) -> tuple[torch.Tensor, StateWrite]:
+        """`prefill` up to the first token: every chunk of `idx` (B, T), T >= 1, but the last
+        written into `state` at once, then the last one's logits (B, V) and its deferred
+        `StateWrite` (`prefill_last`, its queries kept in `scratch` if given), which the
+        caller applies to `state`. `between()`, if given, runs before each chunk (a check
+        that may stop the prefill by raising)."""
+        last = (idx.size(1) - 1) // chunk_size * chunk_size  # where the last chunk begins
+        for begin in range(0, last, chunk_size):
+            if between is not None:
+                between()
+            self.absorb_chunk(idx[:, begin : begin + chunk_size], state, start_pos + begin)
+        if between is not None:
+            between()
+        return self.prefill_last(idx[:, last:], state, start_pos + last, scratch=scratch)
 
     @torch.no_grad()
     def prefill_chunk(self, idx: torch.Tensor, state: torch.Tensor, start_pos: int) -> torch.Tensor:
