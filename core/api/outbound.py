@@ -75,7 +75,10 @@ def peer_headers(settings: Settings, url: str) -> dict[str, str]:
 
     Never to other hosts: the key would leak to whoever runs them.
     """
-    roots = [*settings.services.peers().values(), default_base_url(settings).removesuffix("/v1")]
+    roots = [
+        *settings.services.peers().values(),
+        root_url("http", settings.server.host, settings.server.port),
+    ]
     if any(url == root or url.startswith(root + "/") for root in roots):
         return settings.services.auth_headers()
     return {}
