@@ -78,7 +78,7 @@ MEMORY_SHARE = 0.5  # a row may use at most this share of the device's free memo
 
 def run_engine_benchmark(context: RunContext, request: EngineBenchRequest) -> EngineResult:
     request.check_settings(context.settings)
-    registry = _registry(context)
+    registry = ModelRegistry.of(context.settings, context.engine)
     device = resolve_device(request.device)
     load: Callable[[str], BDH]
     if request.template is not None:
@@ -286,13 +286,6 @@ def _out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in message or "can't allocate memory" in message
 
 
-def _registry(context: RunContext) -> ModelRegistry:
-    """The engine's registry (models it serves load once), else one from the settings."""
-    if context.engine is None:
-        return ModelRegistry.from_settings(context.settings)
-    return context.engine.registry
-
-
 def _config_of(registry: ModelRegistry, name: str, settings: Settings) -> BDHConfig:
     ensure_model(registry, name, settings)  # a model this server lacks comes from the generator
     try:
@@ -414,7 +407,7 @@ def _serving_environment(context: RunContext, model: str) -> Environment:
     """The serving side as this process knows it: its configured device and dtype."""
     settings = context.settings
     config = None
-    registry = _registry(context)
+    registry = ModelRegistry.of(context.settings, context.engine)
     if registry.exists(model):
         config = registry.info(model).config
     return describe(

@@ -90,7 +90,7 @@ def find_target(
     settings: Settings, engine: ModelEngine | None, request: ModelSuiteRequest
 ) -> ModelTarget:
     """The model the request names, not yet loaded; NotFound ``model_not_found`` if absent."""
-    registry = ModelRegistry.from_settings(settings) if engine is None else engine.registry
+    registry = ModelRegistry.of(settings, engine)
     name = request.model or settings.model.default
     try:
         registry.path_of(name)

@@ -24,6 +24,7 @@ from .model import BDH, BDHConfig
 
 if TYPE_CHECKING:
     from core.config import Settings
+    from core.engine_protocol import ModelEngine
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,12 @@ class ModelRegistry:
         """The registry of `settings.model` (its directory, device and dtype)."""
         model = settings.model
         return cls(model.models_dir, device=model.device, dtype=model.dtype)
+
+    @classmethod
+    def of(cls, settings: Settings, engine: ModelEngine | None) -> ModelRegistry:
+        """The engine's registry (the models it serves load once), else one from `settings`
+        (a process without an engine, such as a Ray worker)."""
+        return cls.from_settings(settings) if engine is None else engine.registry
 
     def path_of(self, name: str) -> Path:
         """The model's directory, guaranteed to lie inside the models directory."""
