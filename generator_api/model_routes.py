@@ -11,6 +11,8 @@ computed off the event loop and remembered while a file stays unchanged.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -19,7 +21,6 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from core.api.deps import EngineDep, SettingsDep
-from core.config import Settings
 from core.engine.checkpoint import CheckpointError
 from core.engine.model_files import MODEL_FILES, manifest
 from core.engine.registry import (
@@ -29,7 +30,6 @@ from core.engine.registry import (
     ModelNotFoundError,
     ModelRegistry,
 )
-from core.engine_protocol import ModelEngine
 from core.errors import ErrorResponse, InvalidRequest, NotFound
 
 from .routes import COMPONENT
@@ -87,20 +87,29 @@ def _public(info: ModelInfo) -> ModelPublic:
     )
 
 
-def _registry(settings: Settings, engine: ModelEngine | None) -> ModelRegistry:
-    return ModelRegistry.from_settings(settings) if engine is None else engine.registry
-
-
-def _manifest(registry: ModelRegistry, name: str) -> ModelManifest:
+@contextlib.contextmanager
+def _registry_errors() -> Iterator[None]:
+    """The registry's errors about a model name as the API's: 422 or 404 ``model_not_found``."""
     try:
-        files = manifest(registry, name)
+        yield
     except InvalidModelNameError as exc:
         raise InvalidRequest(str(exc), code="invalid_model_name", param="name") from None
     except (ModelNotFoundError, CheckpointError, FileNotFoundError) as exc:
         raise NotFound(str(exc), code="model_not_found", param="name") from None
+
+
+def _manifest(registry: ModelRegistry, name: str) -> ModelManifest:
+    with _registry_errors():
+        files = manifest(registry, name)
     return ModelManifest(
         model=name, files=[ModelFile(name=f.name, size=f.size, sha256=f.sha256) for f in files]
     )
+
+
+def _complete(registry: ModelRegistry, name: str) -> None:
+    """404 unless the model is complete (without hashing its files, as the manifest does)."""
+    with _registry_errors():
+        registry.info(name)
 
 
 def build_model_files_router() -> APIRouter:
@@ -113,7 +122,7 @@ def build_model_files_router() -> APIRouter:
     @router.get("", operation_id="generator_models")
     async def list_models(settings: SettingsDep, engine: EngineDep) -> ModelsPublic:
         """Every model in this server's models directory (new ones appear without a restart)."""
-        infos = await run_in_threadpool(lambda: _registry(settings, engine).list())
+        infos = await run_in_threadpool(lambda: ModelRegistry.of(settings, engine).list())
         data = [_public(info) for info in infos]
         return ModelsPublic(data=data, count=len(data))
 
@@ -122,7 +131,7 @@ def build_model_files_router() -> APIRouter:
         name: ModelName, settings: SettingsDep, engine: EngineDep
     ) -> ModelManifest:
         """The model's files with sizes and sha256 digests, to fetch and check them."""
-        return await run_in_threadpool(_manifest, _registry(settings, engine), name)
+        return await run_in_threadpool(_manifest, ModelRegistry.of(settings, engine), name)
 
     @router.get(
         "/{name}/files/{file}",
@@ -140,8 +149,8 @@ def build_model_files_router() -> APIRouter:
                 code="model_file_not_found",
                 param="file",
             )
-        registry = _registry(settings, engine)
-        await run_in_threadpool(_manifest, registry, name)  # 404 unless the model is complete
+        registry = ModelRegistry.of(settings, engine)
+        await run_in_threadpool(_complete, registry, name)
         return FileResponse(
             registry.path_of(name) / file, media_type="application/octet-stream", filename=file
         )
