@@ -34,22 +34,40 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+WORKER_PORTS = 41  # the range Ray's workers listen on: --min-worker-port and the 40 above
+
+
+def _ports(count: int) -> tuple[list[int], int]:
+    """`count` distinct free ports, and the first of a worker port range none of them falls
+    in: Ray refuses to start when two of its components would share a port."""
+    ports: list[int] = []
+    while len(ports) < count:
+        candidate = free_port()
+        if candidate not in ports:
+            ports.append(candidate)
+    workers = free_port()
+    while any(workers <= p < workers + WORKER_PORTS for p in ports):
+        workers = free_port()
+    return ports, workers
+
+
 @contextlib.contextmanager
 def local_ray_head(num_cpus: int = 2, timeout_s: float = 90.0) -> Iterator[str]:
     """Run a Ray head with ``num_cpus`` CPUs; yields its address ("127.0.0.1:PORT")."""
-    port, worker_ports = free_port(), free_port()  # Ray takes a small range above the latter
+    components = ("node-manager", "object-manager", "metrics-export")
+    agent_ports = ("dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent")
+    (port, *others), worker_ports = _ports(1 + len(components) + len(agent_ports))
+    named = zip((*components, *agent_ports), others, strict=True)
     temp_dir = tempfile.mkdtemp(prefix="hatchery-ray-")
     saved = {name: os.environ.get(name) for name in NO_AUTH}
     os.environ.update(NO_AUTH)
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    agent_ports = ("dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent")
     command = [
         str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
         f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1", f"--port={port}",
-        *(f"--{name}-port={free_port()}" for name in ("node-manager", "object-manager")),
-        f"--metrics-export-port={free_port()}",
-        *(f"--{name}-port={free_port()}" for name in agent_ports),
-        f"--min-worker-port={worker_ports}", f"--max-worker-port={worker_ports + 40}",
+        *(f"--{name}-port={p}" for name, p in named),
+        f"--min-worker-port={worker_ports}",
+        f"--max-worker-port={worker_ports + WORKER_PORTS - 1}",
         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
     ]  # fmt: skip
     log = Path(temp_dir) / "ray-start.log"

@@ -231,3 +231,12 @@ def test_submission_context_fills_defaults_and_applies_the_settings() -> None:
     # Outside a request nothing is filled in: the job decides with its own settings.
     assert ServingBenchRequest().base_url is None and EngineBenchRequest().model is None
     assert current_submission() is None
+
+
+def test_a_ray_heads_ports_are_distinct_and_outside_its_worker_range() -> None:
+    from benchmark_api.ray_head import WORKER_PORTS, _ports
+
+    for _ in range(20):
+        ports, workers = _ports(7)
+        assert len(set(ports)) == 7
+        assert not any(workers <= port < workers + WORKER_PORTS for port in ports)
