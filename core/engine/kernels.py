@@ -184,7 +184,7 @@ def decode_rows(
 
     tokens (B,); cos/sin (B, N) of the RoPE angles; state (n_layer, B, nh, N, D) float32,
     updated in place, each layer's part contiguous (a slice of a slot pool along B is);
-    weights: embed (V, D), encoder (D, nh*N), encoder_v (nh, D, N), decoder (nh*N, D) and
+    weights: embed (V, D), encoder and encoder_v (nh, D, N), decoder (nh*N, D) and
     lm_head (D, V), float32 and contiguous.
     """
     if not all(layer.is_contiguous() for layer in state):

@@ -421,14 +421,14 @@ class BDH(nn.Module):
         C = self.config
         nh, N = C.n_head, C.neurons_per_head
         phases = positions.to(torch.float32).view(B, 1, 1) * self.freqs.view(1, 1, N)  # (B, 1, N)
-        encoder = self._decode_encoder()  # (D, nh*N)
         if fused:  # the whole step in one kernel call; RoPE angles once, not per layer
             cos, sin = rope_cos_sin(phases.view(B, N))  # (B, N)
-            weights = (self.embed.weight, encoder, self.encoder_v, self.decoder, self.lm_head)
-            detached = tuple(w.detach() for w in weights)
+            weights = (self.embed.weight, self.encoder, self.encoder_v, self.decoder, self.lm_head)
+            detached = tuple(w.detach().contiguous() for w in weights)  # no copy when they are
             if head_parts > 1:
                 return kernels.decode_rows_by_heads(tokens, cos, sin, state, detached, head_parts)
             return kernels.decode_rows(tokens, cos, sin, state, detached)
+        encoder = self._decode_encoder()  # (D, nh*N)
         x = layer_norm(self.embed(tokens))  # (B, D)
         for layer in range(C.n_layer):
             xs = F.relu(x @ encoder).view(B, nh, N)  # (B, nh, N)
@@ -440,7 +440,8 @@ class BDH(nn.Module):
         return x @ self.lm_head  # (B, V)
 
     def _decode_encoder(self) -> torch.Tensor:
-        """The encoder laid out as one (D, nh*N) matrix for decoding.
+        """The encoder laid out as one (D, nh*N) matrix for the PyTorch decode path (the fused
+        kernel reads the (nh, D, N) parameter itself, a C-contiguous block per head).
 
         The same weights serve every layer, so the copy is made once and kept until the
         parameter changes (training bumps its version) or moves.
