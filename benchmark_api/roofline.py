@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from core.engine import kernels
 from core.engine.model import BDH, BDHConfig
 
 Residency = Literal["cache", "dram"]
@@ -204,23 +205,52 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def copy_bandwidth(device: torch.device, *, footprint_bytes: int, repeats: int = 7) -> float:
-    """Bytes/s of a tensor copy whose source and target together take `footprint_bytes`
-    (so it moves that many bytes: each read once and written once)."""
+def copy_bandwidth(
+    device: torch.device, *, footprint_bytes: int, repeats: int = 7, threads: int = 1
+) -> float:
+    """Bytes/s of a copy whose source and target together take `footprint_bytes` (so it
+    moves that many bytes: each read once and written once).
+
+    On the CPU with `threads` > 1 it is the better of one PyTorch copy (its own intra-op
+    threads) and `threads` copies of contiguous parts at the same time (the decode kernel's
+    way of using the cores, `kernels.stream`).
+    """
     n = max(1024, footprint_bytes // 8)
     source = torch.ones(n, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
     target.copy_(source)  # first touch: page faults stay out of the timing
     seconds = _best_time(lambda: target.copy_(source), repeats, device)
+    if _parallel(device, threads):
+        src, dst = source.numpy(), target.numpy()
+        seconds = min(seconds, _best_stream(src, dst, threads, repeats))
     return 2 * n * 4 / seconds
 
 
-def read_bandwidth(device: torch.device, *, footprint_bytes: int, repeats: int = 7) -> float:
-    """Bytes/s of summing a float32 buffer of `footprint_bytes` (a pure read)."""
+def read_bandwidth(
+    device: torch.device, *, footprint_bytes: int, repeats: int = 7, threads: int = 1
+) -> float:
+    """Bytes/s of summing a float32 buffer of `footprint_bytes` (a pure read); on the CPU
+    with `threads` > 1, the better of one PyTorch sum and `threads` sums of parts at once."""
     n = max(1024, footprint_bytes // 4)
     source = torch.ones(n, dtype=torch.float32, device=device)
     source.sum()
-    return n * 4 / _best_time(source.sum, repeats, device)
+    seconds = _best_time(source.sum, repeats, device)
+    if _parallel(device, threads):
+        seconds = min(seconds, _best_stream(source.numpy(), None, threads, repeats))
+    return n * 4 / seconds
+
+
+def _best_stream(source: Any, target: Any, threads: int, repeats: int) -> float:
+    """The fastest of `repeats` runs of `kernels.stream`, after one that compiles the kernel
+    and wakes the helper threads."""
+    kernels.stream(source, target, threads)
+    cpu = torch.device("cpu")
+    return _best_time(lambda: kernels.stream(source, target, threads), repeats, cpu)
+
+
+def _parallel(device: torch.device, threads: int) -> bool:
+    """Whether to measure with `threads` kernel threads too (the CPU, with Numba)."""
+    return device.type == "cpu" and threads > 1 and kernels.available()
 
 
 def matmul_peak(device: torch.device, *, size: int = 1024, repeats: int = 7) -> float:
@@ -233,7 +263,12 @@ def matmul_peak(device: torch.device, *, size: int = 1024, repeats: int = 7) -> 
 
 @dataclass
 class MachineLimits:
-    """The limits a benchmark run measures once, beside its rows."""
+    """The limits a benchmark run measures once, beside its rows.
+
+    Bandwidths are measured with as many threads as a decode step uses (`threads`, by
+    default `kernels.threads()`, one per core): a step of one sequence splits over them, and
+    a limit measured on fewer cores than the kernel uses is no limit.
+    """
 
     device: torch.device
     cache_bytes: int
@@ -241,18 +276,24 @@ class MachineLimits:
     dram_read_bytes_s: float
     matmul_flop_s: float
     _cache_copy: dict[int, float]
+    threads: int = 1
 
     @classmethod
-    def measure(cls, device: torch.device, *, dram_footprint_bytes: int = 0) -> MachineLimits:
+    def measure(
+        cls, device: torch.device, *, dram_footprint_bytes: int = 0, threads: int | None = None
+    ) -> MachineLimits:
         cache = last_level_cache_bytes() if device.type == "cpu" else _gpu_cache_bytes(device)
         footprint = max(dram_footprint_bytes, 8 * cache)
+        threads = (kernels.threads() if threads is None else threads) if device.type == "cpu" else 1
+        dram = functools.partial(_measure_dram, device, footprint, threads)
         return cls(
             device=device,
             cache_bytes=cache,
-            dram_copy_bytes_s=copy_bandwidth(device, footprint_bytes=footprint, repeats=5),
-            dram_read_bytes_s=read_bandwidth(device, footprint_bytes=footprint, repeats=5),
+            dram_copy_bytes_s=dram(copy_bandwidth),
+            dram_read_bytes_s=dram(read_bandwidth),
             matmul_flop_s=matmul_peak(device),
             _cache_copy={},
+            threads=threads,
         )
 
     @property
@@ -268,8 +309,16 @@ class MachineLimits:
         size = 1 << max(16, int(traffic.working_set_bytes).bit_length())
         size = min(size, self.cache_bytes)
         if size not in self._cache_copy:
-            self._cache_copy[size] = copy_bandwidth(self.device, footprint_bytes=size)
+            self._cache_copy[size] = copy_bandwidth(
+                self.device, footprint_bytes=size, threads=self.threads
+            )
         return self._cache_copy[size]
+
+
+def _measure_dram(
+    device: torch.device, footprint: int, threads: int, measure: Callable[..., float]
+) -> float:
+    return measure(device, footprint_bytes=footprint, repeats=5, threads=threads)
 
 
 def _gpu_cache_bytes(device: torch.device) -> int:

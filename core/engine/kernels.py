@@ -145,17 +145,22 @@ def split_bounds(batch: int, threads: int) -> list[int]:
 
 
 def run_split(work: Callable[[int, int], _T], batch: int, threads: int) -> list[_T]:
-    """`work(begin, end)` for each part of `split_bounds(batch, threads)`, in order.
+    """`work(begin, end)` for each part of `split_bounds(batch, threads)`, in order
+    (`run_parts`)."""
+    return run_parts(work, split_bounds(batch, threads))
 
-    The first part runs on the calling thread, the others at the same time on the helper
-    threads, in the caller's grad and inference mode (both are per thread in PyTorch). The
-    kernels and PyTorch's operators release the GIL, so the parts really run in parallel.
-    Splits never nest: called from inside a part, this runs `work(0, batch)` whole (a part
+
+def run_parts(work: Callable[[int, int], _T], bounds: list[int]) -> list[_T]:
+    """`work(bounds[i], bounds[i + 1])` for each part, in order, at the same time.
+
+    The first part runs on the calling thread, the others on the helper threads, in the
+    caller's grad and inference mode (both are per thread in PyTorch). The kernels and
+    PyTorch's operators release the GIL, so the parts really run in parallel. Splits never
+    nest: called from inside a part, this runs `work(bounds[0], bounds[-1])` whole (a part
     waiting on helpers that are busy with its siblings could wait forever).
     """
-    bounds = split_bounds(batch, threads)
     if len(bounds) == 2 or getattr(_in_part, "active", False):
-        return [work(0, batch)]
+        return [work(bounds[0], bounds[-1])]
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
     def part(begin: int, end: int) -> _T:
@@ -171,6 +176,40 @@ def run_split(work: Callable[[int, int], _T], batch: int, threads: int) -> list[
     results = [part(bounds[0], bounds[1])]
     results += [future.result() for future in futures]
     return results
+
+
+def stream(source: np.ndarray, target: np.ndarray | None, threads: int) -> None:
+    """Copy float32 `source` into `target` (or, without one, read it: a sum) in `threads`
+    contiguous parts at the same time, one kernel call per thread, as a split decode step
+    uses the cores: what the roofline measures memory bandwidth with. One PyTorch operator
+    would use its own intra-op threads instead, which may be fewer than the decode's (the
+    server and the tests run PyTorch on one) and made fractions above 1.
+    Raises RuntimeError without Numba."""
+    kernels = _kernels()
+    n = source.shape[0]
+    bounds = [n * i // threads for i in range(threads + 1)]
+    if target is None:
+        run_parts(lambda b, e: kernels.stream_sum(source[b:e]), bounds)
+    else:
+        run_parts(lambda b, e: kernels.stream_copy(source[b:e], target[b:e]), bounds)
+
+
+def available() -> bool:
+    """Whether the fused kernels can run here (Numba is installed)."""
+    return _kernel() is not None
+
+
+def rope_cos_sin(positions: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """cos and sin (B, N) of the RoPE angles 2*pi*frac(position * f) of B positions, float32.
+
+    The same angles as `model.rope_cos_sin`, computed with NumPy on the calling thread:
+    PyTorch runs cos and sin of a few thousand floats as an OpenMP parallel region, and
+    libgomp's idle worker then spins for milliseconds, on the core a helper thread of the
+    split step needs (it made a batch-1 step of bdh-official 30-40% slower).
+    """
+    p = positions.numpy().astype(np.float32)[:, None] * freqs.numpy()[None, :]  # (B, N)
+    angles = (p % np.float32(1.0)) * np.float32(2 * np.pi)
+    return torch.from_numpy(np.cos(angles)), torch.from_numpy(np.sin(angles))
 
 
 def decode_rows(

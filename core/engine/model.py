@@ -420,14 +420,14 @@ class BDH(nn.Module):
         B = tokens.size(0)
         C = self.config
         nh, N = C.n_head, C.neurons_per_head
-        phases = positions.to(torch.float32).view(B, 1, 1) * self.freqs.view(1, 1, N)  # (B, 1, N)
         if fused:  # the whole step in one kernel call; RoPE angles once, not per layer
-            cos, sin = rope_cos_sin(phases.view(B, N))  # (B, N)
+            cos, sin = kernels.rope_cos_sin(positions, self.freqs)  # (B, N)
             weights = (self.embed.weight, self.encoder, self.encoder_v, self.decoder, self.lm_head)
             detached = tuple(w.detach().contiguous() for w in weights)  # no copy when they are
             if head_parts > 1:
                 return kernels.decode_rows_by_heads(tokens, cos, sin, state, detached, head_parts)
             return kernels.decode_rows(tokens, cos, sin, state, detached)
+        phases = positions.to(torch.float32).view(B, 1, 1) * self.freqs.view(1, 1, N)  # (B, 1, N)
         encoder = self._decode_encoder()  # (D, nh*N)
         x = layer_norm(self.embed(tokens))  # (B, D)
         for layer in range(C.n_layer):

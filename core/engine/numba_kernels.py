@@ -28,10 +28,9 @@ K_UNROLL: Final = 8
 _PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
 
 
-@intrinsic
-def prefetch(typingctx, array, row, column):
-    """`prefetch(matrix, row, column)`: LLVM's prefetch (for writing, into every cache level)
-    of the cache line holding `matrix[row, column]`. It changes no value."""
+def _prefetch_codegen(write: int):
+    """LLVM's prefetch of the cache line holding `matrix[row, column]`, into every cache
+    level; `write` 1 asks for the line to be written (the state), 0 to be read (weights)."""
 
     def codegen(context, builder, signature, args):
         arraytype = signature.args[0]
@@ -41,12 +40,25 @@ def prefetch(typingctx, array, row, column):
         function = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [bytes_ptr, i32, i32, i32]), _PREFETCH
         )
-        # (address, 1 = for writing, 3 = keep in all levels, 1 = data cache)
-        flags = [ir.Constant(i32, value) for value in (1, 3, 1)]
+        # (address, read or write, 3 = keep in all levels, 1 = data cache)
+        flags = [ir.Constant(i32, value) for value in (write, 3, 1)]
         builder.call(function, [builder.bitcast(pointer, bytes_ptr), *flags])
         return context.get_dummy_value()
 
-    return types.void(array, row, column), codegen
+    return codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, row, column):
+    """`prefetch(matrix, row, column)`: prefetch for writing the cache line holding
+    `matrix[row, column]`. It changes no value."""
+    return types.void(array, row, column), _prefetch_codegen(1)
+
+
+@intrinsic
+def prefetch_read(typingctx, array, row, column):
+    """`prefetch_read(matrix, row, column)`: `prefetch` for reading only."""
+    return types.void(array, row, column), _prefetch_codegen(0)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -101,22 +113,44 @@ def sparse_decode_head(xs, ys, decoder, m):
     of non-zero products.
 
     xs (B, N) is the head's ReLU output; ys (B, N) its values before their ReLU (only
-    positive ones count, which is that ReLU); decoder (N, D), the head's rows. About 1 product
-    in 10 is non-zero, so this reads a tenth of what a dense product would.
+    positive ones count, which is that ReLU); decoder (N, D), the head's rows. A row of the
+    decoder is read once for the whole batch, for the sequences whose product there is not
+    zero, in the order of n: each row of m gets the same sums alone as in any batch. Which
+    rows a step needs depends on its activations, so they are listed first and prefetched
+    PREFETCH_AHEAD rows ahead, as the state pass does.
     """
     B, N = ys.shape
     D = decoder.shape[1]
     for b in range(B):
-        mb, xb, yb = m[b], xs[b], ys[b]
+        mb = m[b]
         for d in range(D):
             mb[d] = 0.0
-        for n in range(N):
-            if yb[n] <= 0.0:
+    active = np.empty(N, np.int64)
+    count = 0
+    for n in range(N):
+        for b in range(B):
+            y = ys[b, n]
+            if y > 0.0 and xs[b, n] * y != 0.0:
+                active[count] = n
+                count += 1
+                break
+    for j in range(-PREFETCH_AHEAD, count):
+        ahead = j + PREFETCH_AHEAD
+        if ahead < count:
+            for offset in range(0, D, FLOATS_PER_LINE):
+                prefetch_read(decoder, active[ahead], offset)
+        if j < 0:
+            continue
+        n = active[j]
+        row = decoder[n]
+        for b in range(B):
+            y = ys[b, n]
+            if y <= 0.0:
                 continue
-            z = xb[n] * yb[n]
+            z = xs[b, n] * y
             if z == 0.0:
                 continue
-            row = decoder[n]
+            mb = m[b]
             for d in range(D):
                 mb[d] += z * row[d]
 
@@ -246,7 +280,8 @@ def decode_rows(tokens, cos, sin, states, embed, encoder, encoder_v, decoder, lm
     """One whole decode step of B sequences, in the order of `BDH._decode_rows`.
 
     tokens (B,) int64; cos/sin (B, N) of the RoPE angles; states: one (B, nh, N, D) float32
-    array per layer, updated in place; embed (V, D); encoder and encoder_v (nh, D, N); decoder (nh*N, D); lm_head (D, V); logits (B, V) is written.
+    array per layer, updated in place; embed (V, D); encoder and encoder_v (nh, D, N);
+    decoder (nh*N, D); lm_head (D, V); logits (B, V) is written.
     Every row is computed on its own, in a fixed order: the same token, position and state
     give bit-identical logits and state whatever else is in the batch, and whether the heads
     of a layer run here or on several threads (`kernels.decode_rows_by_heads`).
@@ -260,3 +295,20 @@ def decode_rows(tokens, cos, sin, states, embed, encoder, encoder_v, decoder, lm
         layer_heads(states[layer], x, cos, sin, encoder, encoder_v, decoder, 0, nh, m_heads)
         combine_heads(m_heads, x)
     matmul_rows(x, lm_head, logits)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def stream_copy(source, target):
+    """target[:] = source (1-D float32): a part of the roofline's copy-bandwidth measure."""
+    for i in range(source.shape[0]):
+        target[i] = source[i]
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc"})
+def stream_sum(source):
+    """The sum of a 1-D float32 array: a part of the roofline's read-bandwidth measure.
+    Reassociation lets it keep vector sums (its value serves nothing but the reading)."""
+    total = np.float32(0.0)
+    for i in range(source.shape[0]):
+        total += source[i]
+    return total

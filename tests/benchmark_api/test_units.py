@@ -16,7 +16,7 @@ from benchmark_api.engine_bench import measure_repeats
 from benchmark_api.environment import describe
 from benchmark_api.reports import engine_summary, serving_summary
 from benchmark_api.results import EngineResult, EngineRow, ServingResult, Spread
-from benchmark_api.roofline import copy_bandwidth
+from benchmark_api.roofline import MachineLimits, copy_bandwidth
 from benchmark_api.schemas import EngineBenchRequest, ServingBenchRequest
 from benchmark_api.serving_bench import (
     RequestOutcome,
@@ -28,6 +28,7 @@ from benchmark_api.tables import columns, to_csv
 from core.api.outbound import check_url, default_base_url
 from core.api.submission import Submission, current_submission, submitting
 from core.config import load_settings
+from core.engine import kernels
 from core.errors import InvalidRequest
 from tests.conftest import build_nano_model
 
@@ -211,6 +212,15 @@ def test_measurements_stop_when_cancelled_between_steps() -> None:
 
 def test_copy_bandwidth_is_positive() -> None:
     assert copy_bandwidth(torch.device("cpu"), footprint_bytes=2**20, repeats=2) > 0
+    assert copy_bandwidth(torch.device("cpu"), footprint_bytes=2**20, repeats=2, threads=2) > 0
+
+
+def test_limits_are_measured_on_the_decode_threads() -> None:
+    limits = MachineLimits.measure(torch.device("cpu"), dram_footprint_bytes=2**22, threads=2)
+    assert limits.threads == 2
+    assert MachineLimits.measure(torch.device("cpu"), dram_footprint_bytes=2**22).threads == (
+        kernels.threads()
+    )
 
 
 def test_submission_context_fills_defaults_and_applies_the_settings() -> None:

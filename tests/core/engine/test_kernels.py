@@ -119,9 +119,25 @@ def test_sparse_decode_head_equals_the_dense_product() -> None:
     m = torch.empty(5, 16)
     numba_kernels.sparse_decode_head(xs.numpy(), ys.numpy(), decoder.numpy(), m.numpy())
     assert torch.allclose(m, expected, atol=1e-5)
+    for b in range(5):  # each row alone gets the sums it gets in the batch
+        alone = torch.empty(1, 16)
+        numba_kernels.sparse_decode_head(
+            xs[b : b + 1].numpy(), ys[b : b + 1].numpy(), decoder.numpy(), alone.numpy()
+        )
+        assert torch.equal(alone[0], m[b])
     zeros = torch.zeros(5, 32).numpy()
     numba_kernels.sparse_decode_head(zeros, ys.numpy(), decoder.numpy(), m.numpy())
     assert m.abs().max() == 0
+
+
+def test_stream_copies_in_parts_on_every_thread() -> None:
+    source = torch.arange(10_001, dtype=torch.float32).numpy()
+    target = torch.zeros(10_001).numpy()
+    kernels.stream(source, target, 3)
+    assert (target == source).all()
+    kernels.stream(source, None, 3)  # the read: a sum of each part
+    assert numba_kernels.stream_sum(source[:4]) == 6.0
+    assert kernels.run_parts(lambda b, e: (b, e), [0, 2, 5, 9]) == [(0, 2), (2, 5), (5, 9)]
 
 
 def _prefilled(model: BDH, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -181,6 +197,16 @@ def test_matmul_rows_is_the_product_and_ignores_the_other_rows() -> None:
     assert torch.allclose(out, rows @ weight, atol=1e-5)
     numba_kernels.matmul_rows(rows[4:5].numpy(), weight.numpy(), alone.numpy())
     assert torch.equal(alone[0], out[4])
+    # K = 40: five passes of eight rows, then none left over; 43 leaves three. Either way
+    # each element is the float32 sum over k in order, term by term.
+    for K in (40, 43):
+        rows, weight = torch.randn(3, K, generator=gen), torch.randn(K, 24, generator=gen)
+        expected = torch.zeros(3, 24)
+        for k in range(K):
+            expected = expected + rows[:, k : k + 1] * weight[k]
+        out = torch.empty(3, 24)
+        numba_kernels.matmul_rows(rows.numpy(), weight.numpy(), out.numpy())
+        assert torch.equal(out, expected)
 
 
 def test_layer_norm_row_matches_torch() -> None:
