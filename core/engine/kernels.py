@@ -68,9 +68,13 @@ _helper_count = 0
 _helpers_lock = threading.Lock()
 _in_part = threading.local()  # .active: this thread runs a part of a split
 
-# A step of fewer sequences than a split by sequence needs splits each layer by heads instead,
-# once a sequence's state is large enough to pay for one hand-off between threads per layer.
+# A step of a model whose state per sequence is at least MIN_HEAD_SPLIT_STATE_BYTES splits each
+# layer by heads rather than by sequence, for batches below MAX_HEAD_SPLIT_BATCH: a state that
+# large pays for one hand-off between threads per layer, and every thread then reads only its
+# heads' weights, where a split by sequence has each thread read all of them. (bdh-official,
+# 2 threads: batch 8 took 72 ms split by heads against 80 by sequence; at 16 the two tie.)
 MIN_HEAD_SPLIT_STATE_BYTES: Final = 16 * 2**20
+MAX_HEAD_SPLIT_BATCH: Final = 16
 
 _compiled: Any = None  # the numba_kernels module, once loaded
 _unavailable: str | None = None
@@ -237,15 +241,15 @@ def decode_rows(
 
 def head_parts(batch: int, state: torch.Tensor, threads: int) -> int:
     """How many of `threads` threads a step of `batch` sequences splits its layers' heads
-    over (1: none).
+    over (1: none, and the step may split by sequence, `split_bounds`).
 
-    Only steps that a split by sequence leaves whole (`split_bounds`), and only when a
-    sequence's state is at least MIN_HEAD_SPLIT_STATE_BYTES: a smaller one decodes faster on
-    one thread than with a hand-off per layer.
+    Only when a sequence's state is at least MIN_HEAD_SPLIT_STATE_BYTES (a smaller one
+    decodes faster on one thread than with a hand-off per layer) and the batch is below
+    MAX_HEAD_SPLIT_BATCH; never inside a part of a split.
     """
     heads = state.size(2)
     per_sequence = state[:, :1].numel() * state.element_size()
-    if len(split_bounds(batch, threads)) > 2 or per_sequence < MIN_HEAD_SPLIT_STATE_BYTES:
+    if per_sequence < MIN_HEAD_SPLIT_STATE_BYTES or batch >= MAX_HEAD_SPLIT_BATCH:
         return 1
     if getattr(_in_part, "active", False):
         return 1

@@ -385,25 +385,25 @@ class BDH(nn.Module):
         On the CPU in float32 the whole step is one call of the fused kernel
         (`kernels.decode_rows`): no per-operator dispatch and no GIL while it runs, and
         every row computed on its own in a fixed order, so a sequence's logits and state are
-        bit-identical alone or in any batch. A batch of 8 or more sequences splits over up to
-        `threads` threads (default `kernels.threads()`, one per core), one kernel call each,
-        and a smaller batch of a large model splits each layer's heads over them instead
-        (`kernels.head_parts`); `threads=1` never splits (a scheduler lane that decodes beside
-        others, see `core.engine.lane`). Elsewhere (GPU,
-        bfloat16) it runs PyTorch operators: every product is a flat or per-head batched
-        matmul, so no weight is ever broadcast (copied) per sequence, and BLAS may round
-        differently in the last bit as the batch size changes.
+        bit-identical alone or in any batch. A step of a model with a large state (below 16
+        sequences) splits each layer's heads over up to `threads` threads (default
+        `kernels.threads()`, one per core; `kernels.head_parts`); otherwise a batch of 8 or
+        more sequences splits by sequence, one kernel call per thread. `threads=1` never
+        splits (a scheduler lane that decodes beside others, see `core.engine.lane`).
+        Elsewhere (GPU, bfloat16) it runs PyTorch operators: every product is a flat or
+        per-head batched matmul, so no weight is ever broadcast (copied) per sequence, and BLAS
+        may round differently in the last bit as the batch size changes.
         """
         fused = kernels.fused_applies(state, self.lm_head)
         threads = kernels.threads() if threads is None else threads
-        if fused and len(kernels.split_bounds(tokens.size(0), threads)) > 2:
+        heads = kernels.head_parts(tokens.size(0), state, threads) if fused else 1
+        if heads == 1 and fused and len(kernels.split_bounds(tokens.size(0), threads)) > 2:
             parts = kernels.run_split(
                 lambda b, e: self._decode_rows(tokens[b:e], positions[b:e], state[:, b:e], True),
                 tokens.size(0),
                 threads,
             )
             return torch.cat(parts)
-        heads = kernels.head_parts(tokens.size(0), state, threads) if fused else 1
         return self._decode_rows(tokens, positions, state, fused, heads)
 
     @torch.no_grad()

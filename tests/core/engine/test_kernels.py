@@ -160,11 +160,12 @@ def test_a_step_split_by_heads_is_bit_identical_to_the_whole_step(parts: int) ->
         whole = model._decode_rows(tokens, positions, whole_state, True)
 
 
-def test_head_parts_only_split_few_sequences_of_a_large_state() -> None:
+def test_head_parts_split_batches_below_sixteen_of_a_large_state() -> None:
     big = torch.empty(1, 1, 4, 2**12, 2**10)  # 64 MiB a sequence
     small = torch.empty(1, 1, 4, 64, 64)
     assert kernels.head_parts(1, big, 2) == 2 and kernels.head_parts(4, big, 2) == 2
-    assert kernels.head_parts(8, big, 2) == 1  # split by sequence instead
+    assert kernels.head_parts(8, big, 2) == 2  # one read of each head's weights
+    assert kernels.head_parts(kernels.MAX_HEAD_SPLIT_BATCH, big, 2) == 1  # by sequence
     assert kernels.head_parts(1, small, 2) == 1  # not worth a hand-off per layer
     assert kernels.head_parts(1, big, 8) == 4  # never more parts than heads
 
