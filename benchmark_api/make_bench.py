@@ -76,16 +76,22 @@ def decode_vs_batch(  # type: ignore[no-untyped-def]
     lm, batches: list[int], context: int, new_tokens: int, limits: MachineLimits, rounds: int = 3
 ) -> None:
     """Both decode kernels at each batch size, in interleaved rounds; medians reported, each
-    against the roofline of its residency (the measured activation density sets the bytes)."""
+    against the roofline of its residency (the measured activation density sets the bytes).
+
+    A DRAM row's fraction is the median over rounds of its round's bandwidth against the DRAM
+    limit measured at the start of that round (the `limit` column: their median), since what
+    a shared machine leaves this process drifts between rounds."""
     fused = kernels.fused_applies(lm.model.lm_head, lm.model.lm_head)
     kernel_names = ["torch", "fused"] if fused else ["torch"]
     steps: dict[tuple[str, int], list[float]] = {}
+    round_dram: list[float] = []  # each round's own DRAM limit, measured just before it
     saved = os.environ.get(kernels.KERNEL_ENV)
     try:
         for kernel in kernel_names:  # warm-up: the fused kernel compiles or loads on first use
             os.environ[kernels.KERNEL_ENV] = kernel
             measure_decode(lm.model, batch_size=1, context=8, new_tokens=2)
         for _ in range(rounds):
+            round_dram.append(limits.dram_now())
             for kernel in kernel_names:
                 os.environ[kernels.KERNEL_ENV] = kernel
                 for batch in batches:
@@ -103,7 +109,8 @@ def decode_vs_batch(  # type: ignore[no-untyped-def]
         title=f"Decode throughput vs batch size ({lm.name}, context {context}; medians of "
         f"{rounds} interleaved rounds; {kernels.threads()} decode threads)"
     )
-    columns = ("kernel", "batch", "ms/step", "tokens/s", "vs torch", "resident", "GB/s", "roofline")
+    columns = ("kernel", "batch", "ms/step", "tokens/s", "vs torch", "resident", "GB/s", "limit")
+    columns += ("roofline",)
     for column in columns:
         table.add_column(column, justify="right")
     for kernel in kernel_names:
@@ -118,7 +125,16 @@ def decode_vs_batch(  # type: ignore[no-untyped-def]
                 cache_bytes=limits.cache_bytes,
                 skips_zeros=kernel == "fused",
             )
-            achieved = traffic.bytes_per_token * batch * 1000 / ms
+            moved = traffic.bytes_per_token * batch * 1000
+            achieved = moved / ms
+            if traffic.residency == "dram":  # each round against its own limit, then the median
+                limit = statistics.median(round_dram)
+                fraction = statistics.median(
+                    moved / t / d for t, d in zip(steps[(kernel, batch)], round_dram, strict=True)
+                )
+            else:
+                limit = limits.bandwidth_for(traffic)
+                fraction = achieved / limit
             table.add_row(
                 kernel,
                 str(batch),
@@ -127,7 +143,8 @@ def decode_vs_batch(  # type: ignore[no-untyped-def]
                 f"{torch_ms / ms:.2f}x",
                 traffic.residency,
                 f"{achieved / 1e9:.1f}",
-                f"{achieved / limits.bandwidth_for(traffic):.0%}",
+                f"{limit / 1e9:.1f}",
+                f"{fraction:.0%}",
             )
     console.print(table)
     console.print(

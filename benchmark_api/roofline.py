@@ -277,6 +277,7 @@ class MachineLimits:
     matmul_flop_s: float
     _cache_copy: dict[int, float]
     threads: int = 1
+    dram_footprint_bytes: int = 0
 
     @classmethod
     def measure(
@@ -294,7 +295,17 @@ class MachineLimits:
             matmul_flop_s=matmul_peak(device),
             _cache_copy={},
             threads=threads,
+            dram_footprint_bytes=footprint,
         )
+
+    def dram_now(self) -> float:
+        """The DRAM limit (the better of copy and read) measured again, now, the way `measure`
+        does: on a shared machine the bandwidth left to this process drifts by tens of percent
+        over minutes, so a table of rounds holds each round against its own measure."""
+        dram = functools.partial(
+            _measure_dram, self.device, self.dram_footprint_bytes, self.threads
+        )
+        return max(dram(copy_bandwidth), dram(read_bandwidth))
 
     @property
     def dram_bytes_s(self) -> float:
