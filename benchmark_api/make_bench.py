@@ -109,8 +109,8 @@ def decode_vs_batch(  # type: ignore[no-untyped-def]
         title=f"Decode throughput vs batch size ({lm.name}, context {context}; medians of "
         f"{rounds} interleaved rounds; {kernels.threads()} decode threads)"
     )
-    columns = ("kernel", "batch", "ms/step", "tokens/s", "vs torch", "resident", "GB/s", "limit")
-    columns += ("roofline",)
+    columns = ["kernel", "batch", "ms/step", "tokens/s", "vs torch", "resident", "GB/s"]
+    columns += ["limit", "roofline"]
     for column in columns:
         table.add_column(column, justify="right")
     for kernel in kernel_names:
