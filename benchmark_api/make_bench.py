@@ -27,6 +27,7 @@ from rich.table import Table
 from benchmark_api.engine_bench import measure_decode
 from benchmark_api.roofline import (
     MachineLimits,
+    StepTraffic,
     activation_profile,
     decode_traffic,
     prefill_flops,
@@ -78,23 +79,36 @@ def decode_vs_batch(  # type: ignore[no-untyped-def]
     """Both decode kernels at each batch size, in interleaved rounds; medians reported, each
     against the roofline of its residency (the measured activation density sets the bytes).
 
-    A DRAM row's fraction is the median over rounds of its round's bandwidth against the DRAM
-    limit measured at the start of that round (the `limit` column: their median), since what
-    a shared machine leaves this process drifts between rounds."""
+    A DRAM row's fraction is the median over rounds of each round's bandwidth against the
+    DRAM limit measured just before that measurement (the `limit` column: their median),
+    since what a shared machine leaves this process drifts by tens of percent in a minute."""
     fused = kernels.fused_applies(lm.model.lm_head, lm.model.lm_head)
     kernel_names = ["torch", "fused"] if fused else ["torch"]
+    profile = activation_profile(lm.model)
+
+    def traffic_of(kernel: str, batch: int) -> StepTraffic:
+        return decode_traffic(
+            lm.config,
+            profile,
+            batch=batch,
+            weight_element_bytes=lm.model.lm_head.element_size(),
+            cache_bytes=limits.cache_bytes,
+            skips_zeros=kernel == "fused",
+        )
+
     steps: dict[tuple[str, int], list[float]] = {}
-    round_dram: list[float] = []  # each round's own DRAM limit, measured just before it
+    dram: dict[tuple[str, int], list[float]] = {}  # the limit just before each DRAM measure
     saved = os.environ.get(kernels.KERNEL_ENV)
     try:
         for kernel in kernel_names:  # warm-up: the fused kernel compiles or loads on first use
             os.environ[kernels.KERNEL_ENV] = kernel
             measure_decode(lm.model, batch_size=1, context=8, new_tokens=2)
         for _ in range(rounds):
-            round_dram.append(limits.dram_now())
             for kernel in kernel_names:
                 os.environ[kernels.KERNEL_ENV] = kernel
                 for batch in batches:
+                    if traffic_of(kernel, batch).residency == "dram":
+                        dram.setdefault((kernel, batch), []).append(limits.dram_now())
                     m = measure_decode(
                         lm.model, batch_size=batch, context=context, new_tokens=new_tokens
                     )
@@ -104,7 +118,6 @@ def decode_vs_batch(  # type: ignore[no-untyped-def]
             os.environ.pop(kernels.KERNEL_ENV, None)
         else:
             os.environ[kernels.KERNEL_ENV] = saved
-    profile = activation_profile(lm.model)
     table = Table(
         title=f"Decode throughput vs batch size ({lm.name}, context {context}; medians of "
         f"{rounds} interleaved rounds; {kernels.threads()} decode threads)"
@@ -117,20 +130,14 @@ def decode_vs_batch(  # type: ignore[no-untyped-def]
         for batch in batches:
             ms = statistics.median(steps[(kernel, batch)])
             torch_ms = statistics.median(steps[("torch", batch)])
-            traffic = decode_traffic(
-                lm.config,
-                profile,
-                batch=batch,
-                weight_element_bytes=lm.model.lm_head.element_size(),
-                cache_bytes=limits.cache_bytes,
-                skips_zeros=kernel == "fused",
-            )
+            traffic = traffic_of(kernel, batch)
             moved = traffic.bytes_per_token * batch * 1000
             achieved = moved / ms
-            if traffic.residency == "dram":  # each round against its own limit, then the median
-                limit = statistics.median(round_dram)
+            if traffic.residency == "dram":  # each measure against its own limit, then the median
+                limits_now = dram[(kernel, batch)]
+                limit = statistics.median(limits_now)
                 fraction = statistics.median(
-                    moved / t / d for t, d in zip(steps[(kernel, batch)], round_dram, strict=True)
+                    moved / t / d for t, d in zip(steps[(kernel, batch)], limits_now, strict=True)
                 )
             else:
                 limit = limits.bandwidth_for(traffic)

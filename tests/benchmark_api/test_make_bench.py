@@ -35,20 +35,25 @@ def test_decode_vs_batch_compares_both_kernels_and_restores_the_choice(
 def test_a_dram_row_is_held_against_each_round_s_own_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With the cache taken as tiny every row is DRAM-resident; the limit of each round is
-    measured again before it (here: 10 then 40 GB/s), and the column shows their median."""
+    """With the cache taken as tiny every row is DRAM-resident; the limit is measured again
+    before each measurement, and the column shows the median of a row's own limits."""
     console = Console(record=True, width=200)
     monkeypatch.setattr(make_bench, "console", console)
     lm = LanguageModel("nano", nano_model(scale=5.0), {})
     limits = MachineLimits.measure(torch.device("cpu"), dram_footprint_bytes=2**22)
     limits.cache_bytes = 1
-    measured = iter([10e9, 40e9])
+    # rounds x kernels: torch then fused, twice
+    measured = iter([10e9, 40e9, 30e9, 20e9])
     monkeypatch.setattr(limits, "dram_now", lambda: next(measured))
     make_bench.decode_vs_batch(lm, [1], context=8, new_tokens=2, limits=limits, rounds=2)
     rows = [line for line in console.export_text().splitlines() if "│" in line]
-    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in rows]
-    assert {row[5] for row in cells} == {"dram"}
-    assert {row[7] for row in cells} == {"25.0"}  # the median of 10 and 40
+    cells = {
+        cell[0]: cell for cell in ([c.strip() for c in line.split("│")[1:-1]] for line in rows)
+    }
+    assert {row[5] for row in cells.values()} == {"dram"}
+    assert (
+        cells["torch"][7] == "20.0" and cells["fused"][7] == "30.0"
+    )  # medians of (10, 30), (40, 20)
 
 
 def test_prefill_vs_parallel_reports_both_forms(monkeypatch: pytest.MonkeyPatch) -> None:
