@@ -60,11 +60,12 @@ def test_roofline_fractions_are_labelled_and_at_most_one(
     for row in result["rows"]:
         assert row["status"] == "measured", row
         assert row["residency"] in ("cache", "dram")
-        # Cache rows are held against a copy of their own footprint, DRAM rows against DRAM.
+        # Cache rows are held against a copy of their own footprint, DRAM rows against DRAM:
+        # the better of the run's first measure and one taken right after the row.
         if row["residency"] == "dram":
             assert row["working_set_mb"] > env["cache_mb"]
             dram = max(env["bandwidth_gb_s"], env["read_bandwidth_gb_s"])
-            assert row["bandwidth_gb_s"] == pytest.approx(dram)
+            assert row["bandwidth_gb_s"] >= dram * (1 - 1e-9)
         else:
             assert row["working_set_mb"] <= env["cache_mb"]
         assert 0 < row["roofline_fraction"] <= 1, row
