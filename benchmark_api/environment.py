@@ -63,6 +63,7 @@ def describe(
         memory_total_gb=round(memory / 1e9, 2),
         bandwidth_gb_s=None if limits is None else limits.dram_copy_bytes_s / 1e9,
         read_bandwidth_gb_s=None if limits is None else limits.dram_read_bytes_s / 1e9,
+        update_bandwidth_gb_s=None if limits is None else limits.dram_update_bytes_s / 1e9,
         matmul_peak_gflop_s=None if limits is None else limits.matmul_flop_s / 1e9,
         cache_mb=None if limits is None else limits.cache_bytes / 2**20,
         model=model,

@@ -288,7 +288,8 @@ def main() -> None:
     limits = MachineLimits.measure(torch.device("cpu"), dram_footprint_bytes=512 * 2**20)
     console.print(
         f"machine: DRAM copy {limits.dram_copy_bytes_s / 1e9:.1f} GB/s, read "
-        f"{limits.dram_read_bytes_s / 1e9:.1f} GB/s, last-level cache "
+        f"{limits.dram_read_bytes_s / 1e9:.1f} GB/s, in-place update "
+        f"{limits.dram_update_bytes_s / 1e9:.1f} GB/s ({limits.threads} threads), last-level cache "
         f"{limits.cache_bytes / 2**20:.0f} MB, float32 matmul peak "
         f"{limits.matmul_flop_s / 1e9:.0f} GFLOP/s (measured now; fastest of several)"
     )

@@ -51,6 +51,9 @@ class Environment(BaseModel):
     memory_total_gb: float | None = None
     bandwidth_gb_s: float | None = Field(None, description="Measured DRAM copy bandwidth.")
     read_bandwidth_gb_s: float | None = Field(None, description="Measured DRAM read bandwidth.")
+    update_bandwidth_gb_s: float | None = Field(
+        None, description="Measured DRAM in-place update bandwidth (bytes read plus written)."
+    )
     matmul_peak_gflop_s: float | None = Field(
         None, description="Measured float32 matmul peak (the compute roofline)."
     )

@@ -182,17 +182,21 @@ def run_parts(work: Callable[[int, int], _T], bounds: list[int]) -> list[_T]:
     return results
 
 
-def stream(source: np.ndarray, target: np.ndarray | None, threads: int) -> None:
-    """Copy float32 `source` into `target` (or, without one, read it: a sum) in `threads`
-    contiguous parts at the same time, one kernel call per thread, as a split decode step
-    uses the cores: what the roofline measures memory bandwidth with. One PyTorch operator
-    would use its own intra-op threads instead, which may be fewer than the decode's (the
-    server and the tests run PyTorch on one) and made fractions above 1.
-    Raises RuntimeError without Numba."""
+def stream(
+    source: np.ndarray, target: np.ndarray | None, threads: int, *, update: bool = False
+) -> None:
+    """Copy float32 `source` into `target` (without one: read it, a sum; with `update`: add 1
+    to it in place) in `threads` contiguous parts at the same time, one kernel call per
+    thread, as a split decode step uses the cores: what the roofline measures memory
+    bandwidth with. One PyTorch operator would use its own intra-op threads instead, which
+    may be fewer than the decode's (the server and the tests run PyTorch on one) and made
+    fractions above 1. Raises RuntimeError without Numba."""
     kernels = _kernels()
     n = source.shape[0]
     bounds = [n * i // threads for i in range(threads + 1)]
-    if target is None:
+    if update:
+        run_parts(lambda b, e: kernels.stream_update(source[b:e]), bounds)
+    elif target is None:
         run_parts(lambda b, e: kernels.stream_sum(source[b:e]), bounds)
     else:
         run_parts(lambda b, e: kernels.stream_copy(source[b:e], target[b:e]), bounds)

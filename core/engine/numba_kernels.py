@@ -304,6 +304,14 @@ def stream_copy(source, target):
         target[i] = source[i]
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def stream_update(target):
+    """target += 1 in place (1-D float32): a part of the roofline's update-bandwidth measure,
+    the access pattern of the state pass (each line read, then written back)."""
+    for i in range(target.shape[0]):
+        target[i] += np.float32(1.0)
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc"})
 def stream_sum(source):
     """The sum of a 1-D float32 array: a part of the roofline's read-bandwidth measure.

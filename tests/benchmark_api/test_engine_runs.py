@@ -75,6 +75,7 @@ def test_sweep_returns_every_row_with_plausible_figures(sweep: dict[str, Any]) -
     assert summary["complete"] and summary["measured"] == len(rows) == summary["planned_rows"]
     env = result["environment"]
     assert env["bandwidth_gb_s"] > 0 and env["read_bandwidth_gb_s"] > 0
+    assert env["update_bandwidth_gb_s"] > 0
     assert env["matmul_peak_gflop_s"] > 0 and env["cache_mb"] > 0
     assert 0 < env["product_density"] <= env["neuron_density"] <= env["pair_density"] <= 1
     assert env["untrained"] is False

@@ -16,7 +16,7 @@ from benchmark_api.engine_bench import measure_repeats
 from benchmark_api.environment import describe
 from benchmark_api.reports import engine_summary, serving_summary
 from benchmark_api.results import EngineResult, EngineRow, ServingResult, Spread
-from benchmark_api.roofline import MachineLimits, copy_bandwidth
+from benchmark_api.roofline import MachineLimits, copy_bandwidth, update_bandwidth
 from benchmark_api.schemas import EngineBenchRequest, ServingBenchRequest
 from benchmark_api.serving_bench import (
     RequestOutcome,
@@ -213,11 +213,14 @@ def test_measurements_stop_when_cancelled_between_steps() -> None:
 def test_copy_bandwidth_is_positive() -> None:
     assert copy_bandwidth(torch.device("cpu"), footprint_bytes=2**20, repeats=2) > 0
     assert copy_bandwidth(torch.device("cpu"), footprint_bytes=2**20, repeats=2, threads=2) > 0
+    assert update_bandwidth(torch.device("cpu"), footprint_bytes=2**20, repeats=2, threads=2) > 0
 
 
 def test_limits_are_measured_on_the_decode_threads() -> None:
     limits = MachineLimits.measure(torch.device("cpu"), dram_footprint_bytes=2**22, threads=2)
     assert limits.threads == 2
+    figures = (limits.dram_copy_bytes_s, limits.dram_read_bytes_s, limits.dram_update_bytes_s)
+    assert min(figures) > 0 and limits.dram_bytes_s == max(figures)
     assert MachineLimits.measure(torch.device("cpu"), dram_footprint_bytes=2**22).threads == (
         kernels.threads()
     )

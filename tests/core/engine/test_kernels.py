@@ -136,6 +136,8 @@ def test_stream_copies_in_parts_on_every_thread() -> None:
     kernels.stream(source, target, 3)
     assert (target == source).all()
     kernels.stream(source, None, 3)  # the read: a sum of each part
+    kernels.stream(target, None, 3, update=True)  # in place: + 1
+    assert (target == source + 1).all()
     assert numba_kernels.stream_sum(source[:4]) == 6.0
     assert kernels.run_parts(lambda b, e: (b, e), [0, 2, 5, 9]) == [(0, 2), (2, 5), (5, 9)]
 
