@@ -216,7 +216,9 @@ def rope_cos_sin(positions: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Te
     split step needs (it made a batch-1 step of bdh-official 30-40% slower).
     """
     p = positions.numpy().astype(np.float32)[:, None] * freqs.numpy()[None, :]  # (B, N)
-    angles = (p % np.float32(1.0)) * np.float32(2 * np.pi)
+    # frac(p) as p - floor(p): exact for p >= 0, so equal to PyTorch's p % 1, and several
+    # times faster than NumPy's float remainder
+    angles = (p - np.floor(p)) * np.float32(2 * np.pi)
     return torch.from_numpy(np.cos(angles)), torch.from_numpy(np.sin(angles))
 
 
