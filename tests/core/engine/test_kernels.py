@@ -60,10 +60,12 @@ def test_fused_decode_matches_the_parallel_form(monkeypatch: pytest.MonkeyPatch)
     assert (torch.stack(steps, dim=1) - reference).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 def test_a_sequence_decodes_the_same_alone_or_in_a_split_batch(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, threads: int
 ) -> None:
-    """Rows never mix, however the batch is split: the kernel computes each row on its own."""
+    """Rows never mix, however the batch is split (or not): the kernel computes each row on
+    its own."""
     monkeypatch.setenv(kernels.KERNEL_ENV, "fused")
     model = nano_model(scale=5.0)
     batch = model.new_state(8)
@@ -72,8 +74,8 @@ def test_a_sequence_decodes_the_same_alone_or_in_a_split_batch(
     batch[:, 6] = alone[:, 0]
     tokens = torch.randint(0, 256, (8,), generator=torch.Generator().manual_seed(6))
     positions = torch.full((8,), 30)
-    batched = model.decode_step(tokens, positions, batch, threads=2)[6]
-    single = model.decode_step(tokens[6:7], positions[6:7], alone, threads=2)[0]
+    batched = model.decode_step(tokens, positions, batch, threads=threads)[6]
+    single = model.decode_step(tokens[6:7], positions[6:7], alone, threads=threads)[0]
     assert torch.equal(batched, single)
     assert torch.equal(batch[:, 6], alone[:, 0])
 
