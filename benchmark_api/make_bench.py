@@ -105,18 +105,20 @@ def decode_vs_batch(  # type: ignore[no-untyped-def]
         for kernel in kernel_names:  # warm-up: the fused kernel compiles or loads on first use
             os.environ[kernels.KERNEL_ENV] = kernel
             measure_decode(lm.model, batch_size=1, context=8, new_tokens=2)
+        latest: float | None = None  # the limit measured last, when nothing ran since
         for _ in range(rounds):
             for kernel in kernel_names:
                 os.environ[kernels.KERNEL_ENV] = kernel
                 for batch in batches:
                     in_dram = traffic_of(kernel, batch).residency == "dram"
-                    before = limits.dram_now() if in_dram else 0.0
+                    before = (limits.dram_now() if latest is None else latest) if in_dram else 0.0
                     m = measure_decode(
                         lm.model, batch_size=batch, context=context, new_tokens=new_tokens
                     )
                     steps.setdefault((kernel, batch), []).append(m.tpot_ms)
-                    if in_dram:
-                        dram.setdefault((kernel, batch), []).append(max(before, limits.dram_now()))
+                    latest = limits.dram_now() if in_dram else None
+                    if latest is not None:
+                        dram.setdefault((kernel, batch), []).append(max(before, latest))
     finally:
         if saved is None:
             os.environ.pop(kernels.KERNEL_ENV, None)

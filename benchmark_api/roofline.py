@@ -311,27 +311,24 @@ class MachineLimits:
         cache = last_level_cache_bytes() if device.type == "cpu" else _gpu_cache_bytes(device)
         footprint = max(dram_footprint_bytes, 8 * cache)
         threads = (kernels.threads() if threads is None else threads) if device.type == "cpu" else 1
-        dram = functools.partial(_measure_dram, device, footprint, threads)
+        copy, read, update = _dram_figures(device, footprint, threads)
         return cls(
             device=device,
             cache_bytes=cache,
-            dram_copy_bytes_s=dram(copy_bandwidth),
-            dram_read_bytes_s=dram(read_bandwidth),
+            dram_copy_bytes_s=copy,
+            dram_read_bytes_s=read,
             matmul_flop_s=matmul_peak(device),
             _cache_copy={},
             threads=threads,
             dram_footprint_bytes=footprint,
-            dram_update_bytes_s=dram(update_bandwidth),
+            dram_update_bytes_s=update,
         )
 
     def dram_now(self) -> float:
-        """The DRAM limit (the best of copy, read and update) measured again, now, the way `measure`
-        does: on a shared machine the bandwidth left to this process drifts by tens of percent
-        over minutes, so a table of rounds holds each round against its own measure."""
-        dram = functools.partial(
-            _measure_dram, self.device, self.dram_footprint_bytes, self.threads
-        )
-        return max(dram(copy_bandwidth), dram(read_bandwidth), dram(update_bandwidth))
+        """The DRAM limit (the best of copy, read and update) measured again, now, as
+        `measure` does: on a shared machine the bandwidth left to this process drifts by tens
+        of percent within minutes, so a row is held against limits measured beside it."""
+        return max(_dram_figures(self.device, self.dram_footprint_bytes, self.threads))
 
     @property
     def dram_bytes_s(self) -> float:
@@ -353,10 +350,12 @@ class MachineLimits:
         return self._cache_copy[size]
 
 
-def _measure_dram(
-    device: torch.device, footprint: int, threads: int, measure: Callable[..., float]
-) -> float:
-    return measure(device, footprint_bytes=footprint, repeats=5, threads=threads)
+def _dram_figures(device: torch.device, footprint: int, threads: int) -> tuple[float, ...]:
+    """Copy, read and in-place update bandwidth of a `footprint`-byte buffer (bytes/s)."""
+    return tuple(
+        measure(device, footprint_bytes=footprint, repeats=5, threads=threads)
+        for measure in (copy_bandwidth, read_bandwidth, update_bandwidth)
+    )
 
 
 def _gpu_cache_bytes(device: torch.device) -> int:
