@@ -202,6 +202,15 @@ def stream(
         run_parts(lambda b, e: kernels.stream_copy(source[b:e], target[b:e]), bounds)
 
 
+def sampling_kernels() -> Any:
+    """The Numba kernels that sampling runs on (`sampling.sample_rows`), whatever the decode
+    path; RuntimeError without Numba, a dependency of the project."""
+    kernel = _kernel()
+    if kernel is None:
+        raise RuntimeError(f"sampling needs Numba: {_unavailable}")
+    return kernel
+
+
 def available() -> bool:
     """Whether the fused kernels can run here (Numba is installed)."""
     return _kernel() is not None

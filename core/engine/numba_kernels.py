@@ -1,4 +1,4 @@
-"""The Numba code behind `kernels`: imported only when the fused path is first used.
+"""The Numba code behind `kernels` and `sampling.sample_rows`: imported on first use.
 
 Everything is defined at module level, so Numba's on-disk cache (next to this file, or under
 $NUMBA_CACHE_DIR) finds the compiled kernels again in a new process.
@@ -320,3 +320,147 @@ def stream_sum(source):
     for i in range(source.shape[0]):
         total += source[i]
     return total
+
+
+# Sampling (`core.engine.sampling.sample_rows`) -----------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def sample_rows(
+    processed, raw, temperature, top_k, top_p, min_p, greedy, uniforms, tokens, logprobs
+):
+    """The next token of each row of processed logits (B, V) float32, and its logprob under
+    the raw logits (B, V): greedy rows take the argmax (the lowest index on ties), the others
+    temper, filter (top-k, top-p, min-p, each where set) and draw with their uniform in [0, 1).
+    Writes tokens (B,) int64 and logprobs (B,) float32. Probabilities are float64."""
+    B, V = processed.shape
+    scaled = np.empty(V, np.float32)
+    probs = np.empty(V, np.float64)
+    ranked = np.empty(V, np.float64)
+    for b in range(B):
+        row = processed[b]
+        if greedy[b]:
+            token = 0
+            for v in range(1, V):
+                if row[v] > row[token]:
+                    token = v
+        else:
+            for v in range(V):
+                scaled[v] = row[v] / temperature[b]
+            if top_k[b] > 0 or top_p[b] < 1.0 or min_p[b] > 0.0:
+                filtered_probs(scaled, top_k[b], top_p[b], min_p[b], ranked, probs)
+            else:
+                softmax(scaled, probs)
+            token = draw(probs, uniforms[b])
+        tokens[b] = token
+        logprobs[b] = log_softmax_at(raw[b], token)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def softmax(values, out):
+    """out = softmax(values): float32 in, float64 out."""
+    top = values.max()
+    total = 0.0
+    for v in range(values.shape[0]):
+        out[v] = np.exp(np.float64(values[v]) - top)
+        total += out[v]
+    for v in range(values.shape[0]):
+        out[v] /= total
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def filtered_probs(scaled, top_k, top_p, min_p, ranked, out):
+    """Top-k, then top-p, then min-p of tempered logits (V,) into probabilities `out` (V,),
+    in token order; `ranked` (V,) is scratch. Each filter works in descending-logit order (a
+    stable sort: equal logits in index order) and sees the distribution the one before it
+    left; the most likely token always survives. Top-p keeps a token while the mass strictly
+    before it is short of top_p; min-p keeps those at least min_p times the top one.
+
+    Only the candidates are sorted: without top-k, the tokens of probability above
+    (1 - top_p) / V. The others hold less than 1 - top_p together, so the candidates hold
+    more than top_p and the cut falls among them: every token top-p keeps is one."""
+    V = scaled.shape[0]
+    softmax(scaled, out)
+    if top_k > 0 and top_k < V:
+        candidates = np.argsort(-scaled, kind="mergesort")[:top_k]
+    else:
+        floor = (1.0 - top_p) / V if top_p < 1.0 else 0.0
+        count = 0
+        for v in range(V):
+            if out[v] > floor:
+                count += 1
+        members = np.empty(count, np.int64)
+        count = 0
+        for v in range(V):
+            if out[v] > floor:
+                members[count] = v
+                count += 1
+        # members are in index order, so a stable sort of them is the full sort's order
+        candidates = members[np.argsort(-scaled[members], kind="mergesort")]
+    kept = candidates.shape[0]
+    for i in range(kept):
+        ranked[i] = out[candidates[i]]
+    if top_k > 0 and top_k < V:  # the distribution over the top k; else over all V
+        renormalise(ranked[:kept])
+    if top_p < 1.0:
+        before = 0.0
+        for i in range(kept):
+            mass = ranked[i]
+            if i > 0 and before >= top_p:
+                ranked[i] = 0.0
+            before += mass
+        renormalise(ranked[:kept])
+    if min_p > 0.0:
+        floor = min_p * ranked[0]
+        for i in range(1, kept):
+            if ranked[i] < floor:
+                ranked[i] = 0.0
+        renormalise(ranked[:kept])
+    out[:] = 0.0
+    for i in range(kept):
+        out[candidates[i]] = ranked[i]
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def renormalise(probs):
+    total = probs.sum()
+    for i in range(probs.shape[0]):
+        probs[i] /= total
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def draw(probs, uniform):
+    """The token whose cumulative mass (in token order) first exceeds uniform times the total
+    (the total absorbs rounding): one uniform per token, never a zero-mass token."""
+    target = uniform * probs.sum()
+    cumulative = 0.0
+    for v in range(probs.shape[0]):
+        cumulative += probs[v]
+        if cumulative > target:
+            return v
+    return probs.shape[0] - 1
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def log_normaliser(row):
+    """(max, log of the sum of exp(row - max)) of float32 logits (V,), in float64."""
+    top = np.float64(row.max())
+    total = 0.0
+    for v in range(row.shape[0]):
+        total += np.exp(np.float64(row[v]) - top)
+    return top, np.log(total)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def log_softmax_at(row, token):
+    """log_softmax(row)[token] of float32 logits (V,), in float64."""
+    top, log_total = log_normaliser(row)
+    return np.float64(row[token]) - top - log_total
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def log_softmax(row, out):
+    """out = log_softmax(row) as float32, each value the one `log_softmax_at` gives."""
+    top, log_total = log_normaliser(row)
+    for v in range(row.shape[0]):
+        out[v] = np.float64(row[v]) - top - log_total

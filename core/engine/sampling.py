@@ -13,7 +13,10 @@ The mask (vLLM's logits processors) keeps only `allowed_token_ids` and bans the 
 sequence may not choose now: stop tokens before `min_tokens`, the last byte of a bad word.
 
 The draw is one uniform number from the sequence's generator, mapped through the cumulative
-distribution: one random number per token, in a row's own stream.
+distribution: one random number per token, in a row's own stream. Penalties, bias and masks
+are PyTorch operators on the rows that have them; everything after them, for the whole batch,
+is one Numba call that runs without the GIL (`numba_kernels.sample_rows`, float64
+probabilities): a serving lane samples while the other lane and the event loop run Python.
 
 Reported logprobs follow vLLM's default ("raw logprobs"): they are ``log_softmax`` of the raw
 model logits, before penalties, temperature and filtering, so they describe the model, not
@@ -26,8 +29,11 @@ import secrets
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Final
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from . import kernels
 
 # Below this, dividing by the temperature can overflow float32; vLLM uses the same cut-off.
 GREEDY_TEMPERATURE: Final = 1e-5
@@ -196,54 +202,41 @@ def _mask_(logits: torch.Tensor, allowed: Sequence[int] | None, banned: Sequence
         logits.masked_fill_(~keep.to(logits.device), -torch.inf)
 
 
-def _has_filters(params: SamplingParams) -> bool:
-    return params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0.0
+class UniformDraws:
+    """One sequence's uniform draws in [0, 1) from its (CPU) generator, `BLOCK` at a time.
 
-
-def _filtered_probs(scaled: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
-    """Top-k, then top-p, then min-p of tempered logits (B, V), each row with its own params.
-
-    Filters work in descending-logit order and each sees the distribution left by the one
-    before it. The most likely token always survives, so no row is ever empty. A stable sort
-    puts equal logits in index order, which makes top_k cut ties deterministically.
+    A CPU generator fills a block element by element, so the draws are the numbers, in the
+    order, that one ``torch.rand(1)`` per token would give: a seed samples the same text as
+    it would one draw at a time, at one operator per block rather than per token (operators
+    let go of the GIL, and every one is a chance for a busy event loop to keep it).
     """
-    B, V = scaled.shape
-    top_p = torch.tensor([p.top_p for p in params]).view(B, 1)
-    min_p = torch.tensor([p.min_p for p in params]).view(B, 1)
-    sorted_logits, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # (B, V)
-    if any(p.top_k > 0 for p in params):  # else the mask is all False: nothing to fill
-        ranks = torch.arange(V).expand(B, V)  # (B, V)
-        top_k = torch.tensor([p.top_k if p.top_k > 0 else V for p in params]).view(B, 1)
-        sorted_logits = sorted_logits.masked_fill(ranks >= top_k, -torch.inf)
-    probs = torch.softmax(sorted_logits, dim=-1)  # (B, V) in sorted order
-    # Top-p keeps the shortest prefix whose mass reaches top_p: a token stays while the mass
-    # strictly before it is still short of top_p.
-    mass_before = torch.cumsum(probs, dim=-1) - probs
-    probs = _renormalise(probs, keep=(mass_before < top_p) | (top_p >= 1.0))
-    probs = _renormalise(probs, keep=(probs >= min_p * probs[:, :1]) | (min_p <= 0.0))
-    return torch.empty_like(probs).scatter_(1, order, probs)  # back to token order
+
+    BLOCK: Final = 64
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+        self._block = np.empty(0, np.float32)
+        self._next = 0
+
+    def __call__(self) -> float:
+        if self._next == self._block.shape[0]:
+            self._block = torch.rand(self.BLOCK, generator=self.generator).numpy()
+            self._next = 0
+        value = float(self._block[self._next])
+        self._next += 1
+        return value
 
 
-def _renormalise(probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    keep[:, 0] = True  # guards against rounding dropping the top token
-    probs = torch.where(keep, probs, 0.0)
-    return probs / probs.sum(dim=-1, keepdim=True)
-
-
-def _draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One token per row of probs (B, V) by inverse CDF, from one uniform of its generator."""
-    uniforms = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators])
-    cdf = torch.cumsum(probs, dim=-1)  # (B, V)
-    # Scaling by the total mass absorbs rounding; `right` never lands on a zero-mass token.
-    targets = (uniforms.to(cdf.device) * cdf[:, -1]).view(-1, 1)  # (B, 1)
-    tokens = torch.searchsorted(cdf, targets, right=True).view(-1)  # (B,)
-    return tokens.clamp_(max=probs.size(-1) - 1)
+def _uniform(source: torch.Generator | UniformDraws) -> float:
+    if isinstance(source, UniformDraws):
+        return source()
+    return float(torch.rand(1, generator=source, device=source.device))
 
 
 def sample_rows(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
-    generators: Sequence[torch.Generator],
+    generators: Sequence[torch.Generator | UniformDraws],
     *,
     prompt_counts: Sequence[torch.Tensor | None] | None = None,
     output_counts: Sequence[torch.Tensor | None] | None = None,
@@ -253,18 +246,20 @@ def sample_rows(
 
     `banned` lists, per row, tokens that must not be chosen now (stop tokens before
     min_tokens, the ends of bad words); with `allowed_token_ids` they are masked last.
+    A row draws from its generator, or from a sequence's `UniformDraws` of one.
 
     Returns ``(token, logprob)`` per row, the logprob from the raw logits (see the module
     docstring). Greedy picks the argmax, the lowest index on ties. Otherwise exactly one
     uniform draw from the row's generator. A row takes the same path and the same arithmetic
     whatever else is in the batch, so equal generator state and logits give equal tokens alone
-    or batched. The work is batched: a step of many sequences costs a few tensor ops, not a
-    few per sequence.
+    or batched. Penalties, bias and masks are PyTorch operators on the rows that have them;
+    tempering, filtering, the draw and the logprobs of the whole batch are one Numba call
+    (`numba_kernels.sample_rows`, without the GIL), in float64 probabilities.
     """
     batch = logits.shape[0]
     if not len(params) == len(generators) == batch:
         raise ValueError(f"need {batch} params and generators, got {len(params)}/{len(generators)}")
-    raw = logits.detach().to(device="cpu", dtype=torch.float32)  # (B, V)
+    raw = logits.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (B, V)
     processed = raw
     for i, p in enumerate(params):
         prompt = prompt_counts[i] if prompt_counts else None
@@ -282,29 +277,25 @@ def sample_rows(
             if processed is raw:
                 processed = raw.clone()
             _mask_(processed[i], p.allowed_token_ids, row_banned)
-    tokens = torch.empty(batch, dtype=torch.long)
-    greedy = [i for i, p in enumerate(params) if p.greedy]
-    if greedy:
-        tokens[greedy] = torch.argmax(processed[greedy], dim=-1)
-    plain = [i for i, p in enumerate(params) if not p.greedy and not _has_filters(p)]
-    filtered = [i for i, p in enumerate(params) if not p.greedy and _has_filters(p)]
-    for rows, filter_rows in ((plain, False), (filtered, True)):
-        if not rows:
-            continue
-        whole = len(rows) == batch  # the usual case: no copy of the rows in or out
-        temperature = torch.tensor([params[i].temperature for i in rows]).view(-1, 1)
-        scaled = (processed if whole else processed[rows]) / temperature  # (b, V)
-        probs = (
-            _filtered_probs(scaled, [params[i] for i in rows])
-            if filter_rows
-            else torch.softmax(scaled, dim=-1)
-        )
-        drawn = _draw(probs, [generators[i] for i in rows])
-        if whole:
-            tokens = drawn
-        else:
-            tokens[rows] = drawn
-    logprobs = torch.log_softmax(raw, dim=-1).gather(1, tokens.view(-1, 1)).view(-1)  # (B,)
+    greedy = np.array([p.greedy for p in params], dtype=np.bool_)
+    uniforms = np.array(
+        [0.0 if p.greedy else _uniform(g) for p, g in zip(params, generators, strict=True)],
+        dtype=np.float64,
+    )
+    tokens = np.empty(batch, np.int64)
+    logprobs = np.empty(batch, np.float32)
+    kernels.sampling_kernels().sample_rows(
+        processed.numpy(),
+        raw.numpy(),
+        np.array([p.temperature for p in params], dtype=np.float32),
+        np.array([p.top_k for p in params], dtype=np.int64),
+        np.array([p.top_p for p in params], dtype=np.float64),
+        np.array([p.min_p for p in params], dtype=np.float64),
+        greedy,
+        uniforms,
+        tokens,
+        logprobs,
+    )
     return list(zip(tokens.tolist(), logprobs.tolist(), strict=True))
 
 
@@ -329,13 +320,16 @@ def sample_next(
 def top_logprobs(logits: torch.Tensor, k: int) -> list[tuple[int, float]]:
     """The `k` most likely tokens under the raw logits (V,), as (token, logprob), best first.
 
-    Ties are listed in index order.
+    Ties are listed in index order. The values are the ones `sample_rows` reports for a
+    sampled token (the same kernel), so a token's logprob is its entry here.
     """
     if k <= 0:
         return []
-    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (V,)
-    values, order = torch.sort(logprobs, descending=True, stable=True)
-    return [(int(t), float(v)) for t, v in zip(order[:k], values[:k], strict=True)]
+    row = logits.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    logprobs = np.empty(row.shape[0], np.float32)
+    kernels.sampling_kernels().log_softmax(row, logprobs)
+    order = np.argsort(-logprobs, kind="stable")[:k]
+    return [(int(t), float(logprobs[t])) for t in order]
 
 
 class StopMatcher:

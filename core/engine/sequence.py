@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .sampling import SamplingParams, StopMatcher, make_generator, sample_rows
+from .sampling import SamplingParams, StopMatcher, UniformDraws, make_generator, sample_rows
 from .sampling import top_logprobs as top_logprobs_of
 from .tokenizer import IncrementalDecoder
 
@@ -63,7 +63,7 @@ class SequenceDecoder:
         # Choice i of a seeded request draws from seed + i: the same seed gives the same text
         # whether the request runs alone or in any batch.
         seed = None if params.seed is None else params.seed + choice
-        self.generator = make_generator(seed, "cpu")
+        self.draws = UniformDraws(make_generator(seed, "cpu"))
         self.penalised = (
             params.presence_penalty != 0
             or params.frequency_penalty != 0
@@ -170,7 +170,7 @@ def accept_rows(decoders: Sequence[SequenceDecoder], logits: torch.Tensor) -> li
     choices = sample_rows(
         logits,
         [d.params for d in decoders],
-        [d.generator for d in decoders],
+        [d.draws for d in decoders],
         prompt_counts=[d.prompt_counts if d.penalised else None for d in decoders],
         output_counts=[d.output_counts if d.penalised else None for d in decoders],
         banned=[d.banned_tokens() for d in decoders],

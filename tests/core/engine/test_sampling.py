@@ -7,13 +7,16 @@ import random
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
+from core.engine import kernels
 from core.engine.sampling import (
     SamplingParams,
     StopMatcher,
+    UniformDraws,
     apply_penalties,
     count_tokens,
     make_generator,
@@ -222,6 +225,63 @@ def test_filters_keep_exactly_the_expected_tokens(params: SamplingParams, kept: 
 def test_top_p_renormalises_over_the_kept_tokens() -> None:
     counts = Counter(draw(known_logits(), SamplingParams(top_p=0.75), 4000))
     assert counts[3] / 4000 == pytest.approx(0.5 / 0.8, abs=0.03)
+
+
+def reference_filtered_probs(
+    scaled: np.ndarray, top_k: int, top_p: float, min_p: float
+) -> np.ndarray:
+    """Top-k, top-p and min-p the plain way: every token sorted (stable, descending)."""
+    order = np.argsort(-scaled, kind="stable")
+    ranked = np.exp(scaled[order].astype(np.float64) - scaled[order[0]])
+    if 0 < top_k < len(scaled):
+        ranked[top_k:] = 0.0
+    ranked /= ranked.sum()
+    if top_p < 1.0:
+        before = np.cumsum(ranked) - ranked
+        ranked[1:][before[1:] >= top_p] = 0.0
+        ranked /= ranked.sum()
+    if min_p > 0.0:
+        ranked[1:][ranked[1:] < min_p * ranked[0]] = 0.0
+        ranked /= ranked.sum()
+    probs = np.empty_like(ranked)
+    probs[order] = ranked
+    return probs
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "min_p"),
+    [(0, 0.95, 0.0), (0, 0.5, 0.0), (0, 0.999, 0.0), (0, 1e-6, 0.0), (40, 1.0, 0.0),
+     (40, 0.9, 0.05), (0, 1.0, 0.1), (0, 0.9, 0.02), (300, 0.8, 0.0)],
+)  # fmt: skip
+def test_the_kernels_filters_equal_a_full_sort(top_k: int, top_p: float, min_p: float) -> None:
+    """The kernel sorts only the candidates top-p can keep; it keeps what a sort of every
+    token keeps, with the same mass, on peaked and flat rows with ties."""
+    kernel = kernels.sampling_kernels()
+    generator = np.random.default_rng(4)
+    for spread in (0.3, 1.0, 3.0, 8.0):
+        scaled = (generator.standard_normal(256) * spread).astype(np.float32)
+        scaled[10:20] = scaled[5]  # ties, kept in index order
+        probs, ranked = np.empty(256), np.empty(256)
+        kernel.filtered_probs(scaled, top_k, top_p, min_p, ranked, probs)
+        expected = reference_filtered_probs(scaled, top_k, top_p, min_p)
+        assert np.array_equal(probs > 0, expected > 0)
+        np.testing.assert_allclose(probs, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_uniform_draws_are_one_draw_at_a_time_in_blocks() -> None:
+    """A sequence's block draws are the numbers torch.rand(1) gives one per token, across
+    block boundaries, so a seed samples the same text either way."""
+    draws = UniformDraws(make_generator(21))
+    one_at_a_time = make_generator(21)
+    count = 2 * UniformDraws.BLOCK + 5
+    expected = [float(torch.rand(1, generator=one_at_a_time)) for _ in range(count)]
+    assert [draws() for _ in range(count)] == expected
+    params = SamplingParams(temperature=0.9, top_p=0.9)
+    logits = torch.randn(256, generator=torch.Generator().manual_seed(2))
+    blocked = UniformDraws(make_generator(8))
+    assert [sample_next(logits, params, blocked)[0] for _ in range(80)] == draw(
+        logits, params, 80, seed=8
+    )
 
 
 def test_top_logprobs_lists_best_first_with_ties_by_index() -> None:
