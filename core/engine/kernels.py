@@ -231,6 +231,33 @@ def rope_cos_sin(positions: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Te
     return torch.from_numpy(np.cos(angles)), torch.from_numpy(np.sin(angles))
 
 
+def rotate_applies(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether `rotate` takes `model.rotate`'s work: float32 on the CPU, no gradient wanted,
+    angles (..., T, N) shared by every leading row of v (..., T, N), and Numba here."""
+    if v.device.type != "cpu" or v.dim() < 2 or v.size(-1) % 2:
+        return False
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (v, cos, sin)):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (v, cos, sin)):
+        return False
+    plane = v.shape[-2:]
+    if any(t.shape[-2:] != plane or t.numel() != plane.numel() for t in (cos, sin)):
+        return False
+    return _kernel() is not None
+
+
+def rotate(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`model.rotate` in one Numba pass (`numba_kernels.rotate_pairs`), bit-identical: the
+    PyTorch form interleaves strided copies and reads v five times, and at bdh-official's
+    prefill sizes (4 heads x 256 positions x 8,192 neurons) took 110 ms a layer."""
+    T, N = v.shape[-2:]
+    rows = v.contiguous().view(-1, T, N)
+    out = torch.empty_like(rows)
+    angles = (t.contiguous().view(T, N).numpy() for t in (cos, sin))
+    _kernels().rotate_pairs(rows.numpy(), *angles, out.numpy())
+    return out.view(v.shape)
+
+
 def decode_rows(
     tokens: torch.Tensor,
     cos: torch.Tensor,

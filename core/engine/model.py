@@ -95,7 +95,10 @@ def rope(phases: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def rotate(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`rope` with its angles' cos and sin already made (the same for every layer)."""
+    """`rope` with its angles' cos and sin already made (the same for every layer); in one
+    Numba pass, bit-identically, where `kernels.rotate_applies` (inference on the CPU)."""
+    if kernels.rotate_applies(v, cos, sin):
+        return kernels.rotate(v, cos, sin)
     v_rot = torch.stack((-v[..., 1::2], v[..., ::2]), dim=-1).view(*v.size())
     return (v * cos).to(v.dtype) + (v_rot * sin).to(v.dtype)
 

@@ -298,6 +298,20 @@ def decode_rows(tokens, cos, sin, states, embed, encoder, encoder_v, decoder, lm
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
+def rotate_pairs(v, cos, sin, out):
+    """RoPE of float32 activations v (R, T, N) by cos and sin (T, N) into out (R, T, N), in
+    `model.rotate`'s arithmetic: out = v * cos + v_rot * sin with v_rot = (-v[2i+1], v[2i])."""
+    R, T, N = v.shape
+    for r in range(R):
+        for t in range(T):
+            vr, orow, c, s = v[r, t], out[r, t], cos[t], sin[t]
+            for i in range(0, N, 2):
+                v0, v1 = vr[i], vr[i + 1]
+                orow[i] = v0 * c[i] + (-v1) * s[i]
+                orow[i + 1] = v1 * c[i + 1] + v0 * s[i + 1]
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
 def stream_copy(source, target):
     """target[:] = source (1-D float32): a part of the roofline's copy-bandwidth measure."""
     for i in range(source.shape[0]):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from core.engine import BDH, kernels, numba_kernels
+from core.engine.model import rotate
 
 from .conftest import nano_model
 
@@ -256,3 +257,32 @@ def test_bfloat16_model_decodes_through_the_pytorch_path(monkeypatch: pytest.Mon
     state = model.new_state(2)
     logits = model.decode_step(torch.tensor([1, 2]), torch.tensor([0, 0]), state)
     assert logits.dtype == torch.bfloat16 and state.abs().sum() > 0
+
+
+def _rotate_by_pytorch(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`model.rotate`'s PyTorch form, spelled out."""
+    v_rot = torch.stack((-v[..., 1::2], v[..., ::2]), dim=-1).view(*v.size())
+    return v * cos + v_rot * sin
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 7, 512), (2, 3, 33, 64), (1, 1, 1, 2)])
+def test_rotate_in_numba_is_bit_identical_to_pytorch(shape: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(sum(shape))
+    v = torch.relu(torch.randn(*shape, generator=gen))
+    phases = torch.rand(1, 1, *shape[2:], generator=gen) * 50
+    cos, sin = torch.cos(phases), torch.sin(phases)
+    with torch.inference_mode():
+        assert kernels.rotate_applies(v, cos, sin)
+        assert torch.equal(kernels.rotate(v, cos, sin), _rotate_by_pytorch(v, cos, sin))
+
+
+def test_rotate_keeps_pytorch_where_gradients_or_other_shapes_are_wanted() -> None:
+    v = torch.randn(2, 4, 3, 8, requires_grad=True)
+    cos, sin = torch.cos(torch.rand(1, 1, 3, 8)), torch.sin(torch.rand(1, 1, 3, 8))
+    assert not kernels.rotate_applies(v, cos, sin)  # training: autograd needs the operators
+    with torch.no_grad():
+        assert kernels.rotate_applies(v, cos, sin)
+        assert not kernels.rotate_applies(v, cos[..., :1, :], sin[..., :1, :])  # broadcast T
+        assert not kernels.rotate_applies(v.double(), cos.double(), sin.double())
+    rotate(v, cos, sin).sum().backward()
+    assert v.grad is not None
