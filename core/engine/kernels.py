@@ -205,10 +205,7 @@ def stream(
 def sampling_kernels() -> Any:
     """The Numba kernels that sampling runs on (`sampling.sample_rows`), whatever the decode
     path; RuntimeError without Numba, a dependency of the project."""
-    kernel = _kernel()
-    if kernel is None:
-        raise RuntimeError(f"sampling needs Numba: {_unavailable}")
-    return kernel
+    return _kernels("sampling")
 
 
 def available() -> bool:
@@ -234,7 +231,7 @@ def rope_cos_sin(positions: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Te
 def rotate_applies(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     """Whether `rotate` takes `model.rotate`'s work: float32 on the CPU, no gradient wanted,
     angles (..., T, N) shared by every leading row of v (..., T, N), and Numba here."""
-    if v.device.type != "cpu" or v.dim() < 2 or v.size(-1) % 2:
+    if v.dim() < 2 or v.size(-1) % 2:
         return False
     if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (v, cos, sin)):
         return False
@@ -339,8 +336,8 @@ def decode_rows_by_heads(
     return torch.from_numpy(logits)
 
 
-def _kernels() -> Any:
+def _kernels(user: str = "the fused decode kernel") -> Any:
     kernel = _kernel()
     if kernel is None:
-        raise RuntimeError(f"the fused decode kernel is unavailable: {_unavailable}")
+        raise RuntimeError(f"{user} is unavailable: {_unavailable}")
     return kernel

@@ -395,26 +395,18 @@ def filtered_probs(scaled, top_k, top_p, min_p, ranked, out):
     more than top_p and the cut falls among them: every token top-p keeps is one."""
     V = scaled.shape[0]
     softmax(scaled, out)
-    if top_k > 0 and top_k < V:
+    by_rank = 0 < top_k < V
+    if by_rank:
         candidates = np.argsort(-scaled, kind="mergesort")[:top_k]
     else:
         floor = (1.0 - top_p) / V if top_p < 1.0 else 0.0
-        count = 0
-        for v in range(V):
-            if out[v] > floor:
-                count += 1
-        members = np.empty(count, np.int64)
-        count = 0
-        for v in range(V):
-            if out[v] > floor:
-                members[count] = v
-                count += 1
+        members = np.nonzero(out > floor)[0]
         # members are in index order, so a stable sort of them is the full sort's order
         candidates = members[np.argsort(-scaled[members], kind="mergesort")]
     kept = candidates.shape[0]
     for i in range(kept):
         ranked[i] = out[candidates[i]]
-    if top_k > 0 and top_k < V:  # the distribution over the top k; else over all V
+    if by_rank:  # the distribution over the top k; else over all V
         renormalise(ranked[:kept])
     if top_p < 1.0:
         before = 0.0
